@@ -1,0 +1,195 @@
+"""``ShapeVaryingPipeline``: the user's train transforms, run at each sample's grid shape.
+
+The wrapped transforms stay as the user wrote them; per grid shape (T, frame interval, S) the wrapper
+builds, once per worker, a copy whose ``SampleFrames`` and final crop/resize are retargeted, and caches it.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+from mmcv.transforms import BaseTransform, Compose
+from mmengine.logging import print_log
+from mmaction.registry import TRANSFORMS
+
+from .plan import GridShape
+from .sampler import GridIndex
+
+SAMPLERS = ('SampleFrames', 'DenseSampleFrames')
+#: Transforms that fix the output size, with the argument that holds it.
+FINAL_SIZE_KEYS = {'Resize': 'scale', 'RandomCrop': 'size', 'CenterCrop': 'crop_size'}
+#: Short-side scale jitter ranges whose lower bound follows the crop (the reference rule).
+JITTER_KEYS = {'RandomRescale': 'scale_range'}
+
+
+def transform_name(cfg: dict) -> str:
+    kind = cfg.get('type')
+    return kind.split('.')[-1] if isinstance(kind, str) else getattr(kind, '__name__', repr(kind))
+
+
+@dataclass(frozen=True)
+class PipelineShape:
+    """What a train pipeline says about the base shape, and where.
+
+    Attributes:
+        clip_len, frame_interval: T0 and I0 from its frame sampler.
+        crop_size: S0 from its final fixed-size crop or resize.
+        sampler_pos, final_pos: positions of those two transforms in the list.
+    """
+
+    clip_len: int
+    frame_interval: int
+    crop_size: int
+    sampler_pos: int
+    final_pos: int
+
+
+def describe_pipeline(transforms: Sequence[dict], key: str = 'train_pipeline') -> PipelineShape:
+    """Find T0, I0 (``SampleFrames``) and S0 (the last fixed-size crop/resize) in a list of configs.
+
+    Raises ``ValueError`` naming ``key`` when the pipeline has no single frame sampler or no final
+    square crop/resize.
+    """
+    if not isinstance(transforms, (list, tuple)) or not all(isinstance(t, dict) for t in transforms):
+        raise TypeError(f'{key} must be a list of transform dicts, got {transforms!r}')
+    names = [transform_name(t) for t in transforms]
+    samplers = [i for i, n in enumerate(names) if n in SAMPLERS]
+    if len(samplers) != 1:
+        raise ValueError(f'{key} must hold exactly one of {SAMPLERS} to vary the clip length, '
+                         f'found {len(samplers)} in {names}')
+    sampler = transforms[samplers[0]]
+    if sampler.get('num_clips', 1) != 1:
+        raise ValueError(f'{key}: {names[samplers[0]]}.num_clips must be 1 for multigrid training, got '
+                         f'{sampler.get("num_clips")!r}')
+    final = [i for i, t in enumerate(transforms) if _fixed_size(t) is not None]
+    if not final or final[-1] < samplers[0]:
+        raise ValueError(f'{key} needs a final square crop or resize after {names[samplers[0]]} to '
+                         'vary the crop size: Resize(scale=(S, S), keep_ratio=False), RandomCrop(size=S)'
+                         f' or CenterCrop(crop_size=S); found {names}')
+    return PipelineShape(int(sampler['clip_len']), int(sampler.get('frame_interval', 1)),
+                         _fixed_size(transforms[final[-1]]), samplers[0], final[-1])
+
+
+def _fixed_size(cfg: dict) -> int | None:
+    """The square output size a transform config fixes, or None."""
+    name = transform_name(cfg)
+    if name not in FINAL_SIZE_KEYS:
+        return None
+    value = cfg.get(FINAL_SIZE_KEYS[name])
+    if name == 'Resize' and cfg.get('keep_ratio', True):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, (tuple, list)) and len(value) == 2 and value[0] == value[1] and value[0] > 0:
+        return int(value[0])
+    return None
+
+
+def shaped_transforms(transforms: Sequence[dict], base: PipelineShape, clip_len: int,
+                      frame_interval: int, crop_size: int, scale_jitter: bool) -> list[dict]:
+    """Copies of the transform configs retargeted to (T, interval, S)."""
+    out = [dict(t) for t in transforms]
+    out[base.sampler_pos].update(clip_len=clip_len, frame_interval=frame_interval)
+    final = out[base.final_pos]
+    key = FINAL_SIZE_KEYS[transform_name(final)]
+    final[key] = crop_size if isinstance(final[key], int) else (crop_size, crop_size)
+    if scale_jitter:
+        for cfg in out:
+            key = JITTER_KEYS.get(transform_name(cfg))
+            if key is not None:
+                low, high = cfg[key]
+                cfg[key] = (min(high, round(low * crop_size / base.crop_size)), high)
+    return out
+
+
+@TRANSFORMS.register_module()
+class ShapeVaryingPipeline(BaseTransform):
+    """Run the wrapped train transforms at the grid shape that ``MultigridSampler`` chose.
+
+    For a sample of grid shape (T, S): ``SampleFrames`` takes ``clip_len=T`` and a frame interval drawn
+    uniformly from ``I0 .. I0 * T0 // T`` (so short clips span up to the base clip's time), the final
+    square crop/resize outputs S, and with ``scale_jitter`` the lower bound of ``RandomRescale``'s short
+    side range scales by S/S0. Relative crops (``MultiScaleCrop``, ``RandomResizedCrop``) are unchanged,
+    since the final resize sets their output size.
+
+    Required keys:
+        - sample_idx (a ``GridIndex``, set by the dataset from the sampler's index)
+        - the required keys of the wrapped transforms
+
+    Added keys:
+        - grid_shape (tuple: clip_len, frame_interval, crop_size)
+        - the added keys of the wrapped transforms
+
+    Modified keys:
+        - sample_idx (becomes a plain int)
+        - the modified keys of the wrapped transforms
+
+    Args:
+        transforms: The train pipeline, unchanged (a list of transform configs).
+        scale_jitter: Scale the lower bound of short-side jitter with the crop, as in the reference.
+        skip_broken: Return None for a sample that fails to load (mmengine then loads another one at
+            the same shape) and log it, instead of raising an error naming the file.
+    """
+
+    def __init__(self, transforms: Sequence[dict], scale_jitter: bool = True,
+                 skip_broken: bool = False) -> None:
+        self.transforms = [dict(t) for t in transforms]
+        self.base = describe_pipeline(self.transforms, 'ShapeVaryingPipeline.transforms')
+        self.scale_jitter = scale_jitter
+        self.skip_broken = skip_broken
+        self.skipped = 0
+        self._pipelines: dict[tuple[int, int, int], Compose] = {}
+        self._refetch_shape: GridShape | None = None
+
+    def pipeline(self, clip_len: int, frame_interval: int, crop_size: int) -> Compose:
+        """The composed transforms for one grid shape, built on first use."""
+        key = (clip_len, frame_interval, crop_size)
+        if key not in self._pipelines:
+            self._pipelines[key] = Compose(
+                shaped_transforms(self.transforms, self.base, *key, self.scale_jitter))
+        return self._pipelines[key]
+
+    def frame_intervals(self, clip_len: int) -> tuple[int, int]:
+        """The inclusive range of frame intervals for clips of ``clip_len`` frames."""
+        low = self.base.frame_interval
+        return low, max(low, low * self.base.clip_len // clip_len)
+
+    def _grid_shape(self, results: dict) -> GridShape:
+        index = results.get('sample_idx')
+        if isinstance(index, GridIndex):
+            return index.shape
+        if self._refetch_shape is not None:  # mmengine reloads another sample after a skipped one
+            shape, self._refetch_shape = self._refetch_shape, None
+            return shape
+        raise RuntimeError(f'ShapeVaryingPipeline got sample_idx={index!r} without a grid shape: set '
+                           'train_dataloader.batch_sampler=dict(type="MultigridSampler") and use the '
+                           'dataset directly (dataset wrappers that recompute indices drop the shape)')
+
+    def transform(self, results: dict) -> dict | None:
+        shape = self._grid_shape(results)
+        low, high = self.frame_intervals(shape.clip_len)
+        interval = int(np.random.randint(low, high + 1))
+        results['sample_idx'] = int(results['sample_idx'])
+        results['grid_shape'] = (shape.clip_len, interval, shape.crop_size)
+        try:
+            return self.pipeline(shape.clip_len, interval, shape.crop_size)(results)
+        except Exception as error:
+            source = results.get('filename', results.get('frame_dir', f'sample {results["sample_idx"]}'))
+            if not self.skip_broken:
+                raise RuntimeError(
+                    f'failed to load {source}: {type(error).__name__}: {error} (set '
+                    'ShapeVaryingPipeline.skip_broken=True to skip broken samples)') from error
+            self.skipped += 1
+            self._refetch_shape = shape
+            print_log(f'skipped broken sample {source} ({type(error).__name__}: {error}); '
+                      f'{self.skipped} skipped so far in this worker', logger='current',
+                      level=logging.WARNING)
+            return None
+
+    def __repr__(self) -> str:
+        inner = ', '.join(transform_name(t) for t in self.transforms)
+        return (f'{self.__class__.__name__}(transforms=[{inner}], scale_jitter={self.scale_jitter}, '
+                f'skip_broken={self.skip_broken})')
+
