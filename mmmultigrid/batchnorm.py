@@ -1,0 +1,67 @@
+"""Batch norm over groups of ``bn_base_size`` clips, whatever the per-GPU batch of the current shape.
+
+Multigrid multiplies the batch by up to 16; computing BN statistics over the whole batch would change the
+model's behaviour with the shape. As in the method, the batch is normalised in groups of
+``bn_base_size`` clips. The running statistics are updated with the merged statistics of the groups (mean
+of means; mean of variances plus variance of the means, i.e. the whole batch's), so the standard BN
+buffers always hold plain BN statistics: validation, checkpoints and ``tools/test.py`` see an ordinary
+``BatchNorm3d``. The conversion swaps the class of existing modules in place: parameters, buffers, the
+optimizer and a DDP wrapper are untouched, and ``isinstance(m, nn.BatchNorm3d)`` still holds.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class GroupedBatchNorm3d(nn.BatchNorm3d):
+    """``BatchNorm3d`` whose training statistics come from groups of ``group_size`` samples.
+
+    A batch of N samples forms ``N // group_size`` groups when N is a multiple of ``group_size`` above
+    it (samples ``g, g + k, g + 2k, ...`` form group ``g``); otherwise the whole batch is one group.
+    """
+
+    group_size: int = 8
+
+    def num_groups(self, batch: int) -> int:
+        if batch > self.group_size and batch % self.group_size == 0:
+            return batch // self.group_size
+        return 1
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        groups = self.num_groups(x.shape[0]) if self.training else 1
+        if groups == 1:
+            return super().forward(x)
+        n, c = x.shape[:2]
+        grouped = x.reshape(n // groups, c * groups, *x.shape[2:])
+        weight = self.weight.repeat(groups) if self.weight is not None else None
+        bias = self.bias.repeat(groups) if self.bias is not None else None
+        out = F.batch_norm(grouped, None, None, weight, bias, True, 0.0, self.eps)
+        if self.track_running_stats:
+            self._update_running_stats(x)
+        return out.reshape(x.shape)
+
+    @torch.no_grad()
+    def _update_running_stats(self, x: torch.Tensor) -> None:
+        dims = [0] + list(range(2, x.dim()))
+        mean = x.mean(dim=dims)
+        var = x.var(dim=dims, unbiased=True)
+        self.num_batches_tracked += 1
+        momentum = (1.0 / float(self.num_batches_tracked)
+                    if self.momentum is None else self.momentum)
+        self.running_mean.mul_(1 - momentum).add_(mean, alpha=momentum)
+        self.running_var.mul_(1 - momentum).add_(var, alpha=momentum)
+
+
+def use_grouped_batchnorm(model: nn.Module, group_size: int) -> int:
+    """Make every ``BatchNorm3d`` of ``model`` a :class:`GroupedBatchNorm3d`; returns how many."""
+    if group_size < 1:
+        raise ValueError(f'MultigridHook.bn_base_size must be >= 1, got {group_size}')
+    count = 0
+    for module in model.modules():
+        if type(module) in (nn.BatchNorm3d, GroupedBatchNorm3d):
+            module.__class__ = GroupedBatchNorm3d
+            module.group_size = group_size
+            count += 1
+    return count

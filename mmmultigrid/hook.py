@@ -1,0 +1,166 @@
+"""``MultigridHook``: runs the plan inside mmengine's unchanged Runner.
+
+At ``before_train`` it makes the plan from the config, hands it to ``MultigridSampler``, sets the loop's
+stretched ``max_epochs`` and exact total iterations (so progress and ETA are right), switches batch norm
+to groups of ``bn_base_size`` clips and runs the preflight checks. Every iteration it sets the LR from the
+plan (absolute values: nothing compounds with the config's chainable schedulers, which it overrides) and
+logs the batch's shape. Its state travels in checkpoints, so ``--resume`` continues the same plan.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Sequence
+
+from mmengine.dist import get_rank, get_world_size
+from mmengine.hooks import Hook
+from mmengine.logging import print_log
+from mmengine.model import is_model_wrapper
+from mmaction.registry import HOOKS
+
+from .baseline import plan_from_config
+from .batchnorm import use_grouped_batchnorm
+from .plan import DEFAULT_LONG_CYCLE_FACTORS, DEFAULT_SHORT_CYCLE_FACTORS, MultigridOptions, \
+    MultigridPlan
+from .pipeline import ShapeVaryingPipeline
+from .preflight import run_preflight
+from .report import format_plan
+from .sampler import MultigridSampler
+
+CHECKPOINT_KEY = 'multigrid'
+
+
+@HOOKS.register_module()
+class MultigridHook(Hook):
+    """Multigrid training: LR, batch shape and batch norm from one plan.
+
+    Args:
+        long_cycle, short_cycle, long_cycle_factors, short_cycle_factors, epoch_factor, bn_base_size,
+            cycle_milestones: The method's options, see :class:`~mmmultigrid.plan.MultigridOptions`.
+        grouped_bn: Compute BN statistics over groups of ``bn_base_size`` clips.
+        preflight: Check every grid shape against the model and data before the first iteration.
+        trace: Append one JSON line per iteration (epoch, iter, batch_size, clip_len, crop_size, lr)
+            to ``<work_dir>/multigrid_trace.rank<R>.jsonl`` on every rank.
+    """
+
+    # Before RuntimeInfoHook (VERY_HIGH), so the LR it records is the one this hook sets.
+    priority = 'HIGHEST'
+
+    def __init__(self,
+                 long_cycle: bool = True,
+                 short_cycle: bool = True,
+                 long_cycle_factors: Sequence[Sequence[float]] = DEFAULT_LONG_CYCLE_FACTORS,
+                 short_cycle_factors: Sequence[float] = DEFAULT_SHORT_CYCLE_FACTORS,
+                 epoch_factor: float = 1.5,
+                 bn_base_size: int = 8,
+                 cycle_milestones: Sequence[int] | None = None,
+                 grouped_bn: bool = True,
+                 preflight: bool = True,
+                 trace: bool = False) -> None:
+        self.options = MultigridOptions(long_cycle, short_cycle, long_cycle_factors,
+                                        short_cycle_factors, epoch_factor, bn_base_size,
+                                        cycle_milestones)
+        self.grouped_bn = grouped_bn
+        self.preflight = preflight
+        self.trace = trace
+        self.plan: MultigridPlan | None = None
+        self.sampler: MultigridSampler | None = None
+        self.epoch_starts: list[int] = []
+        self._checkpoint_plan: dict | None = None
+
+    # --- start-up --------------------------------------------------------------------------------------
+    def before_train(self, runner) -> None:
+        self.sampler = find_sampler(runner)
+        check_pipeline(runner)
+        plan = plan_from_config(runner.cfg, get_world_size(), self.options)
+        if self._checkpoint_plan is not None and self._checkpoint_plan != json_round_trip(plan):
+            raise RuntimeError('the multigrid plan of this config differs from the one in the resumed '
+                               'checkpoint: resume with the config (and number of GPUs) it was '
+                               'trained with')
+        self.plan = plan
+        self.sampler.set_plan(plan)
+        self.epoch_starts = [0]
+        for epoch in range(plan.max_epochs):
+            self.epoch_starts.append(self.epoch_starts[-1] + self.sampler.epoch_length(epoch))
+        loop = runner.train_loop
+        loop._max_epochs = plan.max_epochs
+        loop._max_iters = self.epoch_starts[-1]
+        for group in runner.optim_wrapper.param_groups:
+            group.setdefault('initial_lr', group['lr'])
+        model = runner.model.module if is_model_wrapper(runner.model) else runner.model
+        converted = use_grouped_batchnorm(model, plan.options.bn_base_size) if self.grouped_bn else 0
+        print_log(format_plan(plan, self.sampler.samples_per_rank), logger='current')
+        print_log(f'MultigridHook: {loop.max_iters} iterations in {plan.max_epochs} epochs; '
+                  f'{converted} BatchNorm3d layers use groups of {plan.options.bn_base_size} clips; '
+                  'the plan sets the LR (LR entries of param_scheduler are overridden)',
+                  logger='current')
+        if self.preflight:
+            run_preflight(runner, plan)
+
+    # --- every iteration -------------------------------------------------------------------------------
+    def before_train_iter(self, runner, batch_idx: int, data_batch: Any = None) -> None:
+        lr = self.set_lr(runner)
+        shape = self.sampler.shapes(runner.epoch)[batch_idx % len(self.sampler.shapes(runner.epoch))]
+        actual = batch_shape(data_batch)
+        planned = (shape.batch_size, shape.clip_len, shape.crop_size)
+        if actual is not None and actual != planned:
+            raise RuntimeError(f'epoch {runner.epoch} batch {batch_idx}: the plan says (B, T, S) = '
+                               f'{planned}, the loader gave {actual}; is the train pipeline wrapped '
+                               'in ShapeVaryingPipeline?')
+        hub = runner.message_hub
+        for key, value in zip(('batch_size', 'clip_len', 'crop_size'), planned):
+            hub.update_scalar(f'train/{key}', value)
+        if self.trace:
+            record = dict(epoch=runner.epoch, iter=runner.iter, batch_size=planned[0],
+                          clip_len=planned[1], crop_size=planned[2], lr=lr)
+            with open(Path(runner.work_dir) / f'multigrid_trace.rank{get_rank()}.jsonl', 'a') as f:
+                f.write(json.dumps(record) + '\n')
+
+    def set_lr(self, runner) -> float:
+        """Set every param group's LR to ``initial_lr`` times the plan's factor; returns the first."""
+        progress = runner.iter / max(1, self.epoch_starts[-1])
+        factor = self.plan.lr_factor(runner.epoch, progress)
+        groups = runner.optim_wrapper.param_groups
+        for group in groups:
+            group['lr'] = group['initial_lr'] * factor
+        return groups[0]['lr']
+
+    # --- checkpoints -----------------------------------------------------------------------------------
+    def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
+        if self.plan is not None:
+            checkpoint[CHECKPOINT_KEY] = dict(plan=json_round_trip(self.plan))
+
+    def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
+        saved = checkpoint.get(CHECKPOINT_KEY)
+        self._checkpoint_plan = saved['plan'] if saved else None
+
+
+def json_round_trip(plan: MultigridPlan) -> dict:
+    """The plan as plain JSON data (tuples become lists), for checkpoints and comparison."""
+    return json.loads(json.dumps(plan.to_dict()))
+
+
+def find_sampler(runner) -> MultigridSampler:
+    sampler = getattr(runner.train_dataloader, 'batch_sampler', None)
+    if not isinstance(sampler, MultigridSampler):
+        raise TypeError('MultigridHook needs train_dataloader.batch_sampler=dict(type='
+                        f'"MultigridSampler"), got {type(sampler).__name__}')
+    return sampler
+
+
+def check_pipeline(runner) -> None:
+    dataset = runner.train_dataloader.dataset
+    transforms = getattr(getattr(dataset, 'pipeline', None), 'transforms', [])
+    if not any(isinstance(t, ShapeVaryingPipeline) for t in transforms):
+        raise TypeError('MultigridHook needs the train pipeline wrapped as train_dataloader.dataset.'
+                        'pipeline=[dict(type="ShapeVaryingPipeline", transforms=train_pipeline)]')
+
+
+def batch_shape(data_batch: Any) -> tuple[int, int, int] | None:
+    """(B, T, S) of a packed batch of NCTHW clips, or None for other layouts."""
+    inputs = data_batch.get('inputs') if isinstance(data_batch, dict) else None
+    if not inputs or getattr(inputs[0], 'dim', lambda: 0)() != 5:
+        return None
+    clip = inputs[0]
+    return len(inputs), int(clip.shape[2]), int(clip.shape[-1])
+

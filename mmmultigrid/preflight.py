@@ -1,0 +1,116 @@
+"""Preflight: check every grid shape of the plan against the model and data before iteration one.
+
+A shape that cannot run should fail in seconds at start-up, not at hour ten when its segment begins. Each
+failure names the shape, the epochs of the segment that uses it and the config key to change.
+"""
+from __future__ import annotations
+
+from typing import Iterator
+
+import torch
+from mmengine.logging import print_log
+from mmengine.model import is_model_wrapper
+
+from .pipeline import ShapeVaryingPipeline, transform_name
+from .plan import GridShape, MultigridPlan, Segment
+
+
+class PreflightError(ValueError):
+    """A grid shape of the plan cannot run with this model or data."""
+
+
+def shapes_in_use(plan: MultigridPlan) -> Iterator[tuple[Segment, GridShape]]:
+    for segment in plan.segments:
+        for shape in segment.shapes:
+            yield segment, shape
+
+
+def _where(segment: Segment, shape: GridShape) -> str:
+    return (f'grid shape (batch {shape.batch_size}, T={shape.clip_len}, S={shape.crop_size}) of epochs '
+            f'{segment.epoch_begin}-{segment.epoch_end}')
+
+
+def check_temporal_strides(plan: MultigridPlan, backbone: torch.nn.Module) -> None:
+    """SlowFast-style backbones need T divisible by ``resample_rate`` and the fast stride."""
+    tau = getattr(backbone, 'resample_rate', None)
+    alpha = getattr(backbone, 'speed_ratio', None)
+    if not tau:
+        return
+    fast_stride = max(1, tau // alpha) if alpha else 1
+    for segment, shape in shapes_in_use(plan):
+        if shape.clip_len % tau or shape.clip_len % fast_stride:
+            raise PreflightError(
+                f'{_where(segment, shape)}: T={shape.clip_len} is not a multiple of the backbone\'s '
+                f'resample_rate={tau} (speed_ratio={alpha}); change MultigridHook.long_cycle_factors '
+                'or SampleFrames.clip_len so every T is a multiple of it')
+
+
+def check_bn_groups(plan: MultigridPlan) -> None:
+    """Batches above ``bn_base_size`` must split into whole groups."""
+    size = plan.options.bn_base_size
+    for segment, shape in shapes_in_use(plan):
+        if shape.batch_size > size and shape.batch_size % size:
+            raise PreflightError(f'{_where(segment, shape)}: batch {shape.batch_size} does not split '
+                                 f'into groups of MultigridHook.bn_base_size={size}; change '
+                                 'bn_base_size or train_dataloader.batch_size')
+
+
+def check_crops(plan: MultigridPlan, pipeline: ShapeVaryingPipeline) -> None:
+    """Crops that cut pixels (RandomCrop/CenterCrop) must fit in the short side resized before them."""
+    final = pipeline.transforms[pipeline.base.final_pos]
+    if transform_name(final) == 'Resize':
+        return
+    for segment, shape in shapes_in_use(plan):
+        for cfg in pipeline.pipeline(shape.clip_len, pipeline.base.frame_interval,
+                                     shape.crop_size).transforms:
+            short = _short_side(cfg)
+            if short is not None and shape.crop_size > short:
+                raise PreflightError(f'{_where(segment, shape)}: crop {shape.crop_size} exceeds the '
+                                     f'short side {short} set by {type(cfg).__name__}; raise its scale '
+                                     'or lower the crop size')
+
+
+def _short_side(transform: object) -> int | None:
+    if type(transform).__name__ == 'RandomRescale':
+        return int(transform.scale_range[0])
+    scale = getattr(transform, 'scale', None)
+    if type(transform).__name__ == 'Resize' and isinstance(scale, tuple) and scale[0] == float('inf'):
+        return int(scale[1])
+    return None
+
+
+def check_memory(runner, plan: MultigridPlan) -> None:
+    """With CUDA: one forward/backward at the largest-batch and the largest-volume shapes."""
+    model = runner.model
+    if not torch.cuda.is_available() or next(model.parameters()).device.type != 'cuda':
+        return
+    candidates = {max(shapes_in_use(plan), key=lambda p: p[1].batch_size),
+                  max(shapes_in_use(plan), key=lambda p: p[1].volume)}
+    module = model.module if is_model_wrapper(model) else model
+    for segment, shape in candidates:
+        inputs = torch.zeros(shape.batch_size, 3, shape.clip_len, shape.crop_size, shape.crop_size,
+                             device='cuda')
+        try:
+            feats = module.extract_feat(inputs)[0]
+            sum(f.float().sum() for f in (feats if isinstance(feats, tuple) else (feats, ))).backward()
+        except torch.cuda.OutOfMemoryError as error:
+            raise PreflightError(f'{_where(segment, shape)} runs out of GPU memory ({error}); lower '
+                                 'train_dataloader.batch_size or the long-cycle factors') from None
+        finally:
+            module.zero_grad(set_to_none=True)
+            torch.cuda.empty_cache()
+        print_log(f'preflight: {_where(segment, shape)} fits, peak '
+                  f'{torch.cuda.max_memory_allocated() / 2**30:.1f} GiB', logger='current')
+
+
+def run_preflight(runner, plan: MultigridPlan) -> None:
+    """All checks; raises :class:`PreflightError` on the first shape that cannot run."""
+    module = runner.model.module if is_model_wrapper(runner.model) else runner.model
+    check_temporal_strides(plan, getattr(module, 'backbone', module))
+    check_bn_groups(plan)
+    pipeline = next(t for t in runner.train_dataloader.dataset.pipeline.transforms
+                    if isinstance(t, ShapeVaryingPipeline))
+    check_crops(plan, pipeline)
+    check_memory(runner, plan)
+    print_log(f'preflight: {len(set(s for _, s in shapes_in_use(plan)))} grid shapes checked',
+              logger='current')
