@@ -13,6 +13,7 @@ clip_len = 16
 frame_interval = 2
 short_side = 80  # frames are resized to this short side before cropping
 crop_size = 64
+crop_area_range = (0.7, 1.0)
 batch_size = 8
 val_batch_size = 8
 num_workers = 2
@@ -68,9 +69,9 @@ train_pipeline = [
     dict(type='SampleFrames', clip_len=clip_len, frame_interval=frame_interval, num_clips=1),
     dict(type='DecordDecode'),
     dict(type='Resize', scale=(-1, short_side)),
-    dict(type='RandomResizedCrop', area_range=(0.5, 1.0)),
+    dict(type='RandomResizedCrop', area_range=crop_area_range),
     dict(type='Resize', scale=(crop_size, crop_size), keep_ratio=False),
-    dict(type='Flip', flip_ratio=0.5),
+    # No Flip: a horizontal flip turns a 'right' clip into a 'left' one, i.e. flips the label.
     dict(type='FormatShape', input_format='NCTHW'),
     dict(type='PackActionInputs'),
 ]
