@@ -264,10 +264,12 @@ def prepare_cpu_distributed(cfg: Any) -> bool:
 
     if cfg.get('launcher', 'none') == 'none' or torch.cuda.is_available():
         return False
-    env_cfg = cfg.setdefault('env_cfg', {})
-    dist_cfg = env_cfg.setdefault('dist_cfg', {})
-    if dist_cfg.get('backend', 'nccl') == 'nccl':
-        dist_cfg['backend'] = 'gloo'
+    if cfg.get('env_cfg') is None:
+        cfg.env_cfg = dict()
+    if cfg.env_cfg.get('dist_cfg') is None:
+        cfg.env_cfg.dist_cfg = dict()
+    if cfg.env_cfg.dist_cfg.get('backend', 'nccl') == 'nccl':
+        cfg.env_cfg.dist_cfg.backend = 'gloo'
     wrapper_cfg = cfg.get('model_wrapper_cfg')
     if wrapper_cfg is None:
         cfg.model_wrapper_cfg = dict(
