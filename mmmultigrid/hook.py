@@ -8,6 +8,7 @@ logs the batch's shape. Its state travels in checkpoints, so ``--resume`` contin
 """
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any, Sequence
@@ -40,7 +41,8 @@ class MultigridHook(Hook):
         grouped_bn: Compute BN statistics over groups of ``bn_base_size`` clips.
         preflight: Check every grid shape against the model and data before the first iteration.
         trace: Append one JSON line per iteration (epoch, iter, batch_size, clip_len, crop_size, lr)
-            to ``<work_dir>/multigrid_trace.rank<R>.jsonl`` on every rank.
+            to ``<work_dir>/multigrid_trace.rank<R>.jsonl`` on every rank, and at the end of training
+            a line with the SHA-256 of the weights.
     """
 
     # Before RuntimeInfoHook (VERY_HIGH), so the LR it records is the one this hook sets.
@@ -81,7 +83,15 @@ class MultigridHook(Hook):
         self.sampler.set_plan(plan)
         self.epoch_starts = [0]
         for epoch in range(plan.max_epochs):
-            self.epoch_starts.append(self.epoch_starts[-1] + self.sampler.epoch_length(epoch))
+            length = self.sampler.epoch_length(epoch)
+            if length == 0:
+                segment = plan.segment_at(epoch)
+                raise ValueError(
+                    f'epochs {segment.epoch_begin}-{segment.epoch_end} would have no iteration: '
+                    f'{self.sampler.samples_per_rank} clips per GPU do not fill one batch of the short '
+                    f'cycle {[g.batch_size for g in segment.shapes]}; lower '
+                    'train_dataloader.batch_size or use more training clips')
+            self.epoch_starts.append(self.epoch_starts[-1] + length)
         loop = runner.train_loop
         loop._max_epochs = plan.max_epochs
         loop._max_iters = self.epoch_starts[-1]
@@ -111,10 +121,21 @@ class MultigridHook(Hook):
         for key, value in zip(('batch_size', 'clip_len', 'crop_size'), planned):
             hub.update_scalar(f'train/{key}', value)
         if self.trace:
-            record = dict(epoch=runner.epoch, iter=runner.iter, batch_size=planned[0],
-                          clip_len=planned[1], crop_size=planned[2], lr=lr)
-            with open(Path(runner.work_dir) / f'multigrid_trace.rank{get_rank()}.jsonl', 'a') as f:
-                f.write(json.dumps(record) + '\n')
+            self.write_trace(runner, dict(epoch=runner.epoch, iter=runner.iter, batch_size=planned[0],
+                                          clip_len=planned[1], crop_size=planned[2], lr=lr))
+
+    def after_train(self, runner) -> None:
+        if self.trace:  # lets a test or a person check that every rank ends with the same weights
+            digest = hashlib.sha256()
+            for param in runner.model.parameters():
+                digest.update(param.detach().cpu().numpy().tobytes())
+            self.write_trace(runner, dict(event='end', iter=runner.iter,
+                                          weights_sha256=digest.hexdigest()))
+
+    @staticmethod
+    def write_trace(runner, record: dict) -> None:
+        with open(Path(runner.work_dir) / f'multigrid_trace.rank{get_rank()}.jsonl', 'a') as f:
+            f.write(json.dumps(record) + '\n')
 
     def set_lr(self, runner) -> float:
         """Set every param group's LR to ``initial_lr`` times the plan's factor; returns the first."""

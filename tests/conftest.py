@@ -22,3 +22,10 @@ def shared_videos() -> Path:
     if not path.is_dir():
         pytest.skip(f'shared videos not found at {path}')
     return path
+
+
+@pytest.fixture(scope='session')
+def two_rank_dataset(tmp_path_factory: pytest.TempPathFactory) -> SyntheticDataset:
+    """64 training clips: 32 per rank fill one short cycle of batch-1 multigrid on 2 processes."""
+    return make_dataset(tmp_path_factory.mktemp('synthetic64'),
+                        **{**SMALL_DATASET, 'train_clips_per_class': 16})

@@ -1,0 +1,143 @@
+"""MultigridHook in mmengine's Runner: end-to-end training runs on tiny synthetic data (CPU)."""
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from mmengine.config import Config
+
+from mmmultigrid.baseline import plan_from_config
+from mmmultigrid.synthetic_videos import SyntheticDataset
+from runs import REPO, clean_env, free_port, run, train, write_tiny_multigrid_config
+
+LR = 0.05  # configs/synthetic_r3d_baseline.py
+
+
+def read_trace(path: Path) -> list[dict]:
+    """Trace records; where a resumed run repeats an iteration, its later record wins."""
+    records: dict[tuple, dict] = {}
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:  # a line cut by SIGKILL
+            continue
+        records[(record.get('event', 'iter'), record['iter'])] = record
+    return [records[k] for k in sorted(records, key=lambda k: (k[1], k[0] == 'end'))]
+
+
+def iterations(trace: list[dict]) -> list[dict]:
+    return [r for r in trace if 'event' not in r]
+
+
+@pytest.fixture(scope='module')
+def uninterrupted(synthetic_dataset: SyntheticDataset, tmp_path_factory) -> tuple[Path, Path]:
+    """One full tiny multigrid run with validation: (config, work_dir)."""
+    root = tmp_path_factory.mktemp('uninterrupted')
+    config = write_tiny_multigrid_config(root / 'tiny.py', synthetic_dataset, validate=True)
+    train(config, root / 'work')
+    return config, root / 'work'
+
+
+def test_trains_every_grid_shape_with_planned_lr(uninterrupted: tuple[Path, Path]) -> None:
+    config, work_dir = uninterrupted
+    plan = plan_from_config(Config.fromfile(config), 1)
+    trace = iterations(read_trace(work_dir / 'multigrid_trace.rank0.jsonl'))
+    planned = {(g.batch_size, g.clip_len, g.crop_size) for s in plan.segments for g in s.shapes}
+    assert {(r['batch_size'], r['clip_len'], r['crop_size']) for r in trace} == planned
+    assert len({s.long_shape for s in plan.segments}) == 4  # every long-cycle shape is visited
+    assert [r['iter'] for r in trace] == list(range(len(trace)))
+    assert max(r['epoch'] for r in trace) == plan.max_epochs - 1 == 5
+    for record in trace:
+        segment = plan.segment_at(record['epoch'])
+        assert record['lr'] == pytest.approx(LR * segment.lr_factor)
+        shapes = segment.shapes
+        assert (record['batch_size'], record['clip_len'], record['crop_size']) in {
+            (g.batch_size, g.clip_len, g.crop_size) for g in shapes}
+
+
+def test_logs_shape_and_lr_and_validates(uninterrupted: tuple[Path, Path]) -> None:
+    _, work_dir = uninterrupted
+    logs = list(work_dir.glob('*/*.log'))
+    text = logs[0].read_text()
+    assert 'Multigrid plan' in text and 'preflight:' in text
+    assert 'batch_size: 16  clip_len: 2  crop_size: 16' in text or 'batch_size: 16' in text
+    assert 'acc/top1' in text
+    scalars = [json.loads(line) for line in next(work_dir.glob('*/vis_data/scalars.json'))
+               .read_text().splitlines()]
+    train_rows = [row for row in scalars if 'loss' in row]
+    assert train_rows and all({'batch_size', 'clip_len', 'crop_size', 'lr'} <= set(row)
+                              for row in train_rows)
+    # the loop's length is the true total: the last logged iteration is the last of the plan
+    trace = iterations(read_trace(work_dir / 'multigrid_trace.rank0.jsonl'))
+    assert train_rows[-1]['iter'] == len(trace)
+
+
+def test_checkpoint_loads_into_the_plain_model(uninterrupted: tuple[Path, Path]) -> None:
+    from mmaction.registry import MODELS
+    from mmengine.registry import init_default_scope
+
+    config, work_dir = uninterrupted
+    init_default_scope('mmaction')
+    model = MODELS.build(Config.fromfile(config).model)
+    state = torch.load(work_dir / 'epoch_6.pth')['state_dict']
+    model.load_state_dict(state, strict=True)
+    assert type(model.backbone.bn1 if hasattr(model.backbone, 'bn1') else
+                model.backbone.conv1.bn) is torch.nn.BatchNorm3d
+    assert 'multigrid' in torch.load(work_dir / 'epoch_6.pth')
+
+
+@pytest.mark.parametrize('kill_in_epoch', [3, 5])
+def test_sigkill_then_resume_continues_the_plan(kill_in_epoch: int, uninterrupted, synthetic_dataset,
+                                                tmp_path: Path) -> None:
+    """SIGKILL in the middle of epoch ``kill_in_epoch`` (0-based), then ``--resume``."""
+    config = write_tiny_multigrid_config(tmp_path / 'tiny.py', synthetic_dataset, validate=True)
+    work_dir = tmp_path / 'work'
+    trace_file = work_dir / 'multigrid_trace.rank0.jsonl'
+    proc = subprocess.Popen([sys.executable, 'tools/train.py', str(config), '--work-dir',
+                             str(work_dir)], cwd=REPO, env=clean_env(), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if trace_file.exists() and any(r['epoch'] == kill_in_epoch
+                                       for r in iterations(read_trace(trace_file))):
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, 'training ended before it could be killed'
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (work_dir / f'epoch_{kill_in_epoch + 1}.pth').exists()
+
+    resumed = train(config, work_dir, '--resume')
+    assert f'resumed epoch: {kill_in_epoch}' in resumed.stdout + resumed.stderr
+    expected = read_trace(uninterrupted[1] / 'multigrid_trace.rank0.jsonl')
+    assert iterations(read_trace(trace_file)) == iterations(expected)
+
+
+def test_resume_with_a_different_plan_is_refused(uninterrupted, synthetic_dataset,
+                                                 tmp_path: Path) -> None:
+    config = write_tiny_multigrid_config(tmp_path / 'tiny.py', synthetic_dataset, validate=True,
+                                         hook='trace=True, epoch_factor=2.0')
+    proc = train(config, tmp_path / 'work', '--resume', str(uninterrupted[1] / 'epoch_2.pth'),
+                 check=False)
+    assert proc.returncode != 0
+    assert 'differs from the one in the resumed checkpoint' in proc.stderr
+
+
+def test_two_processes_agree(two_rank_dataset: SyntheticDataset, tmp_path: Path) -> None:
+    config = write_tiny_multigrid_config(tmp_path / 'tiny.py', two_rank_dataset, max_epochs=4)
+    work_dir = tmp_path / 'work'
+    run(['bash', 'tools/dist_train.sh', str(config), '2', '--work-dir', str(work_dir)],
+        PORT=str(free_port()), PYTHON=sys.executable)
+    traces = [read_trace(work_dir / f'multigrid_trace.rank{r}.jsonl') for r in (0, 1)]
+    assert traces[0] == traces[1]
+    end = traces[0][-1]
+    assert end['event'] == 'end' and end['iter'] == len(iterations(traces[0])) > 0
+    plan = plan_from_config(Config.fromfile(config), 2)
+    _, planned_iterations = plan.iterations(len(two_rank_dataset.train_ann.read_text().splitlines()))
+    assert end['iter'] == planned_iterations
