@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.machinery
+import importlib.util
 import io
 import pickle
 import socket
@@ -187,7 +188,8 @@ class _GetattrReduce:
         return getattr, (self.target, self.name)
 
 
-@pytest.mark.parametrize('target, name', [(HistoryBuffer, '__init__'), (HistoryBuffer, '_set_default_statistics'),
+@pytest.mark.parametrize('target, name', [(HistoryBuffer, '__init__'),
+                                          (HistoryBuffer, '_set_default_statistics'),
                                           (np.ndarray, 'tofile')])
 def test_checkpoint_getattr_is_restricted(target: object, name: str) -> None:
     with pytest.raises(pickle.UnpicklingError, match='refusing getattr'):
