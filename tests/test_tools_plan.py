@@ -1,0 +1,109 @@
+"""tools/plan.py: the table, --json (a subprocess, stdout pure JSON), --plot, config errors."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIG = REPO / 'configs' / 'slowfast_r50_8xb8-8x8x1-steplr-239e_kinetics400-rgb_multigrid.py'
+COSINE_CONFIG = REPO / 'configs' / 'slowfast_r50_8xb8-8x8x1-256e_kinetics400-rgb_multigrid.py'
+EXAMPLE_ENDS = [73, 110, 142, 158, 205, 228, 248, 259, 291, 308, 322, 329, 343, 358]
+EXAMPLE_LR = [8, 4, 2, 1, 0.8, 0.4, 0.2, 0.1, 0.08, 0.04, 0.02, 0.01, 0.01, 0.001]
+PNG_SIGNATURE = b'\x89PNG\r\n\x1a\n'
+
+
+@pytest.fixture(scope='module')
+def tool() -> ModuleType:
+    """tools/plan.py imported as a module."""
+    spec = importlib.util.spec_from_file_location('tools_plan', REPO / 'tools' / 'plan.py')
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def run_tool(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(REPO / 'tools' / 'plan.py'), *args], cwd=REPO,
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_json_subprocess_reproduces_the_reference_schedule() -> None:
+    proc = run_tool(str(CONFIG), '--gpus', '8', '--json')
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads(proc.stdout)  # the whole of stdout is one JSON object
+    assert data['max_epochs'] == 358 and data['world_size'] == 8
+    assert data['iteration_speedup'] == pytest.approx(3.42, abs=0.005)
+    segments = data['segments']
+    assert [s['epoch_end'] for s in segments] == EXAMPLE_ENDS
+    assert [s['epoch_begin'] for s in segments] == [0] + EXAMPLE_ENDS[:-1]
+    assert [s['lr_factor'] for s in segments] == pytest.approx(EXAMPLE_LR, rel=1e-12)
+    assert [(s['batch_size'], s['clip_len'], s['crop_size']) for s in segments[:4]] == [
+        (64, 8, 158), (32, 16, 158), (16, 16, 224), (8, 32, 224)]
+    assert [[g['batch_size'] for g in s['short_cycle']] for s in segments[:4]] == [
+        [128, 64, 64], [64, 32, 32], [64, 32, 16], [32, 16, 8]]
+    assert [g['crop_size'] for g in segments[0]['short_cycle']] == [112, 158, 158]
+    assert {'lr_stage', 'short_cycle'} <= set(segments[0])
+
+
+def test_bad_option_exits_2_with_one_line_error() -> None:
+    proc = run_tool(str(CONFIG), '--cfg-options', 'custom_hooks.0.epoch_factor=-1')
+    assert proc.returncode == 2
+    assert proc.stdout == ''
+    errors = [line for line in proc.stderr.splitlines() if line.startswith('error:')]
+    assert len(errors) == 1 and 'epoch_factor' in errors[0]
+    assert 'Traceback' not in proc.stderr
+
+
+def test_table_lists_every_segment(tool: ModuleType, capsys: pytest.CaptureFixture) -> None:
+    assert tool.main([str(CONFIG), '--gpus', '8', '--dataset-length', '240000']) == 0
+    out = capsys.readouterr().out
+    begins = [0] + EXAMPLE_ENDS[:-1]
+    for begin, end in zip(begins, EXAMPLE_ENDS):
+        assert f'{begin}-{end} ' in out
+    assert '128@112, 64@158, 64@158' in out
+    assert 'baseline 896250, multigrid 261582' in out  # 239 * ceil(30000 / 8); exact short cycles
+
+
+def test_json_with_dataset_length(tool: ModuleType, capsys: pytest.CaptureFixture) -> None:
+    assert tool.main([str(CONFIG), '--gpus', '8', '--json', '--dataset-length', '240000']) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data['iterations'] == dict(dataset_length=240000, samples_per_rank=30000,
+                                      baseline=896250, multigrid=261582)
+    assert data['segments'][0]['iters_per_epoch'] == 351  # 117 cycles of 256 clips; 48 left
+
+
+def test_cfg_options_reach_the_plan(tool: ModuleType, capsys: pytest.CaptureFixture) -> None:
+    argv = [str(CONFIG), '--json', '--cfg-options', 'custom_hooks.0.long_cycle=False']
+    assert tool.main(argv) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data['world_size'] == 1
+    assert {(s['batch_size'], s['clip_len'], s['crop_size']) for s in data['segments']} == {
+        (8, 32, 224)}
+
+
+@pytest.mark.parametrize('config', [CONFIG, COSINE_CONFIG], ids=['steplr', 'cosine'])
+def test_plot_writes_a_png(tool: ModuleType, tmp_path: Path, config: Path) -> None:
+    path = tmp_path / 'plan.png'
+    assert tool.main([str(config), '--gpus', '8', '--plot', str(path)]) == 0
+    data = path.read_bytes()
+    assert data.startswith(PNG_SIGNATURE) and len(data) > 20_000
+
+
+def test_lr_samples_follow_iteration_progress(tool: ModuleType) -> None:
+    from mmengine.config import Config
+
+    from mmmultigrid.baseline import plan_from_config
+    plan = plan_from_config(Config.fromfile(str(COSINE_CONFIG)), 8)
+    spans = tool.segment_progress(plan)
+    assert spans[0][0] == 0
+    last_start, last_rate = spans[-1]
+    assert last_start + plan.segments[-1].epochs * last_rate == pytest.approx(1.0)
+    epochs, progress, factors = tool.lr_samples(plan, points=500)
+    assert progress == sorted(progress) and progress[-1] == pytest.approx(1.0)
+    assert epochs[0] == 0 and epochs[-1] == plan.max_epochs
+    assert factors[0] == pytest.approx(8 * 0.1)  # x8 batch, warmup from start_factor 0.1
