@@ -362,14 +362,28 @@ def _long_cycle_schedule(families: list[tuple[GridShape, ...]], bounds: list[int
     stage, shapes, end, _ = raw.pop()
     middle = (raw[-1][2] + end) // 2
     raw += [(stage, shapes, middle, stage - 1), (stage, shapes, end, stage)]
-    return raw
+    return _keep_last_epoch(raw)
+
+
+def _keep_last_epoch(raw: Raw) -> Raw:
+    """Clamp earlier ends so the final segment (base shape, final LR) keeps at least one epoch.
+
+    Segments that round to zero epochs are dropped by :func:`build_plan`; in short schedules this
+    clamp keeps the last one, which the model is evaluated at.
+    """
+    total = raw[-1][2]
+    if total < 1:
+        raise ValueError(f'train_cfg.max_epochs x MultigridHook.epoch_factor rounds to {total} '
+                         'epochs; it must give at least 1')
+    return [(stage, shapes, min(end, total - 1), lr_stage) for stage, shapes, end, lr_stage in raw[:-1]
+            ] + raw[-1:]
 
 
 def _stretched_schedule(shapes: tuple[GridShape, ...], bounds: Sequence[int], max_epochs: int,
                         epoch_factor: float) -> Raw:
     """Without the long cycle: the baseline's stages stretched by ``epoch_factor``."""
-    ends = [int(b * epoch_factor) for b in bounds[1:]] + [int(max_epochs * epoch_factor)]
-    return [(stage, shapes, end, stage) for stage, end in enumerate(ends)]
+    ends = [round(b * epoch_factor) for b in bounds[1:]] + [round(max_epochs * epoch_factor)]
+    return _keep_last_epoch([(stage, shapes, end, stage) for stage, end in enumerate(ends)])
 
 
 __all__ = ['BaseShape', 'GridShape', 'MultigridOptions', 'MultigridPlan', 'Segment', 'build_plan']

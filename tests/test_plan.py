@@ -104,8 +104,6 @@ def test_iterations_are_exact() -> None:
     assert multigrid == sum(s.epochs * brute_force_batches(s.shapes, 30_000) for s in plan.segments)
 
 
-@pytest.mark.xfail(strict=True, reason='build_plan drops segments that round to 0 epochs, so a '
-                   'short last stage loses the fine-tuning phase (base shape, final LR)')
 def test_short_last_stage_keeps_fine_tuning() -> None:
     curve = parse_lr_schedulers([dict(type='MultiStepLR', milestones=[325, 328], begin=0, end=329)],
                                 329, 0.1)
@@ -220,12 +218,8 @@ def test_plan_properties(inputs: dict[str, Any]) -> None:
     check_plan_invariants(plan)
     assert build_plan(**inputs) == plan  # deterministic
     stretched = inputs['max_epochs'] * inputs['options'].epoch_factor
-    if inputs['options'].long_cycle:
-        # Segment ends are rounded cumulative sums scaled to the stretched total.
-        assert abs(plan.max_epochs - stretched) <= 0.5 + 1e-9
-    else:
-        # Without the long cycle every stage end is truncated: int(epoch * epoch_factor).
-        assert plan.max_epochs == int(stretched)
+    # Segment ends are rounded (cumulative sums with the long cycle), the total included.
+    assert abs(plan.max_epochs - stretched) <= 0.5 + 1e-9
     assert plan.baseline_max_epochs == inputs['max_epochs']
     assert plan.world_size == inputs['world_size']
 
