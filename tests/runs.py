@@ -69,7 +69,6 @@ train_pipeline = [
     dict(type='Resize', scale=(-1, 40)),
     dict(type='RandomResizedCrop', area_range=(0.5, 1.0)),
     dict(type='Resize', scale=(32, 32), keep_ratio=False),
-    dict(type='Flip', flip_ratio=0.5),
     dict(type='FormatShape', input_format='NCTHW'),
     dict(type='PackActionInputs'),
 ]
