@@ -37,16 +37,26 @@ class GroupedBatchNorm3d(nn.BatchNorm3d):
         grouped = x.reshape(n // groups, c * groups, *x.shape[2:])
         weight = self.weight.repeat(groups) if self.weight is not None else None
         bias = self.bias.repeat(groups) if self.bias is not None else None
-        out = F.batch_norm(grouped, None, None, weight, bias, True, 0.0, self.eps)
-        if self.track_running_stats:
-            self._update_running_stats(x)
+        if not self.track_running_stats:
+            return F.batch_norm(grouped, None, None, weight, bias, True, 0.0, self.eps).reshape(x.shape)
+        # With momentum 1 the fused kernel leaves each group's mean and unbiased variance in these
+        # buffers, so merging them costs no extra pass over the activations.
+        group_mean = x.new_zeros(c * groups)
+        group_var = x.new_zeros(c * groups)
+        out = F.batch_norm(grouped, group_mean, group_var, weight, bias, True, 1.0, self.eps)
+        self._update_running_stats(group_mean.view(groups, c), group_var.view(groups, c),
+                                   x.numel() // (c * groups))
         return out.reshape(x.shape)
 
     @torch.no_grad()
-    def _update_running_stats(self, x: torch.Tensor) -> None:
-        dims = [0] + list(range(2, x.dim()))
-        mean = x.mean(dim=dims)
-        var = x.var(dim=dims, unbiased=True)
+    def _update_running_stats(self, group_mean: torch.Tensor, group_var: torch.Tensor,
+                              group_count: int) -> None:
+        """EMA update with the whole batch's statistics, merged from the groups' (total variance)."""
+        groups = group_mean.shape[0]
+        mean = group_mean.mean(0)
+        spread = ((group_mean - mean)**2).sum(0)
+        var = ((group_count - 1) * group_var.sum(0) + group_count * spread) / (
+            groups * group_count - 1)
         self.num_batches_tracked += 1
         momentum = (1.0 / float(self.num_batches_tracked)
                     if self.momentum is None else self.momentum)

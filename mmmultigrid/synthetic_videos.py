@@ -29,7 +29,7 @@ from typing import Sequence
 import cv2
 import numpy as np
 
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 SHAPES = ('disc', 'square', 'triangle', 'cross')
 DIRECTIONS = {'right': (1.0, 0.0), 'left': (-1.0, 0.0), 'down': (0.0, 1.0), 'up': (0.0, -1.0)}
 MAX_CLASSES = 16
@@ -141,10 +141,10 @@ def _render_clip(rng: np.random.Generator, label: int, num_frames: int, width: i
     shape, direction = _class_spec(label)
     size = min(width, height)
     frame_size = np.array([width, height], dtype=float)
-    # Travel 35-70% of the frame extent over the clip, whatever its length.
-    speed = rng.uniform(0.35, 0.7) * frame_size / num_frames
+    # Travel 50-80% of the frame extent over the clip, whatever its length.
+    speed = rng.uniform(0.5, 0.8) * frame_size / num_frames
     target = _Sprite(
-        polygon=_shape_polygon(shape, size * rng.uniform(0.14, 0.19), rng.uniform(-0.3, 0.3)),
+        polygon=_shape_polygon(shape, size * rng.uniform(0.2, 0.26), rng.uniform(-0.3, 0.3)),
         colour=_random_colour(rng),
         start=rng.uniform(0, 1, 2) * frame_size,
         velocity=np.array(DIRECTIONS[direction]) * speed,
@@ -154,7 +154,7 @@ def _render_clip(rng: np.random.Generator, label: int, num_frames: int, width: i
         heading = rng.uniform(0, 2 * np.pi)
         distractors.append(_Sprite(
             polygon=_shape_polygon(SHAPES[rng.integers(len(SHAPES))],
-                                   size * rng.uniform(0.06, 0.09), rng.uniform(0, 2 * np.pi)),
+                                   size * rng.uniform(0.05, 0.08), rng.uniform(0, 2 * np.pi)),
             colour=_random_colour(rng),
             start=rng.uniform(0, 1, 2) * frame_size,
             velocity=np.array([math.cos(heading), math.sin(heading)]) * rng.uniform(0.2, 0.8)
