@@ -105,7 +105,7 @@ class MultigridHook(Hook):
                   'the plan sets the LR (LR entries of param_scheduler are overridden)',
                   logger='current')
         if self.preflight:
-            run_preflight(runner, plan)
+            run_preflight(runner, plan, bn_groups=self.grouped_bn)
 
     # --- every iteration -------------------------------------------------------------------------------
     def before_train_iter(self, runner, batch_idx: int, data_batch: Any = None) -> None:

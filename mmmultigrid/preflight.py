@@ -11,7 +11,7 @@ import torch
 from mmengine.logging import print_log
 from mmengine.model import is_model_wrapper
 
-from .pipeline import ShapeVaryingPipeline, transform_name
+from .pipeline import FINAL_SIZE_KEYS, ShapeVaryingPipeline, transform_name
 from .plan import GridShape, MultigridPlan, Segment
 
 
@@ -65,9 +65,12 @@ def check_crops(plan: MultigridPlan, pipeline: ShapeVaryingPipeline) -> None:
                                      shape.crop_size).transforms:
             short = _short_side(cfg)
             if short is not None and shape.crop_size > short:
+                name = type(cfg).__name__
+                key = 'scale_range' if name == 'RandomRescale' else 'scale'
+                final_key = f'{transform_name(final)}.{FINAL_SIZE_KEYS[transform_name(final)]}'
                 raise PreflightError(f'{_where(segment, shape)}: crop {shape.crop_size} exceeds the '
-                                     f'short side {short} set by {type(cfg).__name__}; raise its scale '
-                                     'or lower the crop size')
+                                     f'short side {short} set by {name}; raise {name}.{key} or lower '
+                                     f'{final_key} in the train pipeline')
 
 
 def _short_side(transform: object) -> int | None:
@@ -79,35 +82,55 @@ def _short_side(transform: object) -> int | None:
     return None
 
 
+def forward_backward(module: torch.nn.Module, shape: GridShape, device: torch.device) -> None:
+    """One forward/backward of a zero batch of ``shape`` through the recognizer's ``extract_feat``.
+
+    The input is (N, num_crops=1, C, T, H, W), the layout ``Recognizer3D`` takes. The model's buffers
+    (batch-norm running statistics) are restored afterwards and the gradients cleared.
+    """
+    saved = [buffer.detach().clone() for buffer in module.buffers()]
+    inputs = torch.zeros(shape.batch_size, 1, 3, shape.clip_len, shape.crop_size, shape.crop_size,
+                         device=device)
+    try:
+        feats = module.extract_feat(inputs)[0]
+        sum(f.float().sum() for f in (feats if isinstance(feats, tuple) else (feats, ))).backward()
+    finally:
+        module.zero_grad(set_to_none=True)
+        with torch.no_grad():
+            for buffer, value in zip(module.buffers(), saved):
+                buffer.copy_(value)
+
+
 def check_memory(runner, plan: MultigridPlan) -> None:
     """With CUDA: one forward/backward at the largest-batch and the largest-volume shapes."""
     model = runner.model
-    if not torch.cuda.is_available() or next(model.parameters()).device.type != 'cuda':
+    device = next(model.parameters()).device
+    if device.type != 'cuda':
         return
     candidates = {max(shapes_in_use(plan), key=lambda p: p[1].batch_size),
                   max(shapes_in_use(plan), key=lambda p: p[1].volume)}
     module = model.module if is_model_wrapper(model) else model
     for segment, shape in candidates:
-        inputs = torch.zeros(shape.batch_size, 3, shape.clip_len, shape.crop_size, shape.crop_size,
-                             device='cuda')
         try:
-            feats = module.extract_feat(inputs)[0]
-            sum(f.float().sum() for f in (feats if isinstance(feats, tuple) else (feats, ))).backward()
+            forward_backward(module, shape, device)
         except torch.cuda.OutOfMemoryError as error:
             raise PreflightError(f'{_where(segment, shape)} runs out of GPU memory ({error}); lower '
                                  'train_dataloader.batch_size or the long-cycle factors') from None
         finally:
-            module.zero_grad(set_to_none=True)
             torch.cuda.empty_cache()
         print_log(f'preflight: {_where(segment, shape)} fits, peak '
                   f'{torch.cuda.max_memory_allocated() / 2**30:.1f} GiB', logger='current')
 
 
-def run_preflight(runner, plan: MultigridPlan) -> None:
-    """All checks; raises :class:`PreflightError` on the first shape that cannot run."""
+def run_preflight(runner, plan: MultigridPlan, bn_groups: bool = True) -> None:
+    """All checks; raises :class:`PreflightError` on the first shape that cannot run.
+
+    ``bn_groups=False`` (``MultigridHook(grouped_bn=False)``) skips the batch-norm group check.
+    """
     module = runner.model.module if is_model_wrapper(runner.model) else runner.model
     check_temporal_strides(plan, getattr(module, 'backbone', module))
-    check_bn_groups(plan)
+    if bn_groups:
+        check_bn_groups(plan)
     pipeline = next(t for t in runner.train_dataloader.dataset.pipeline.transforms
                     if isinstance(t, ShapeVaryingPipeline))
     check_crops(plan, pipeline)
