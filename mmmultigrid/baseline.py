@@ -15,6 +15,9 @@ from .pipeline import describe_pipeline, transform_name
 from .plan import BaseShape, MultigridOptions, MultigridPlan, build_plan
 
 OPTION_NAMES = tuple(f.name for f in dataclasses.fields(MultigridOptions))
+#: ``MultigridHook`` arguments that are not plan options, then the keys mmengine reads from the entry.
+HOOK_ARGS = ('grouped_bn', 'preflight', 'trace')
+ENTRY_KEYS = ('type', 'priority')
 
 
 def train_transforms(cfg: Mapping[str, Any]) -> list[dict]:
@@ -40,6 +43,10 @@ def hook_options(cfg: Mapping[str, Any]) -> MultigridOptions:
     if len(hooks) > 1:
         raise ValueError(f'custom_hooks holds {len(hooks)} MultigridHook entries; keep one')
     given = hooks[0] if hooks else {}
+    unknown = sorted(set(given) - set(OPTION_NAMES + HOOK_ARGS + ENTRY_KEYS))
+    if unknown:
+        raise TypeError(f'custom_hooks: MultigridHook has no argument {", ".join(unknown)}; its '
+                        f'arguments are {", ".join(OPTION_NAMES + HOOK_ARGS)}')
     return MultigridOptions(**{k: given[k] for k in OPTION_NAMES if k in given})
 
 
@@ -57,6 +64,8 @@ def plan_from_config(cfg: Mapping[str, Any], world_size: int,
             max_epochs is None):
         raise ValueError('multigrid needs train_cfg=dict(type="EpochBasedTrainLoop", max_epochs=N), '
                          f'got train_cfg={dict(cfg.get("train_cfg", {}))!r}')
+    if isinstance(max_epochs, bool) or not isinstance(max_epochs, int) or max_epochs < 1:
+        raise ValueError(f'train_cfg.max_epochs must be a positive int, got {max_epochs!r}')
     optimizer = cfg.get('optim_wrapper', {}).get('optimizer', {})
     base_lr = optimizer.get('lr')
     if not isinstance(base_lr, (int, float)) or base_lr <= 0:

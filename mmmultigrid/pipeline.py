@@ -6,6 +6,8 @@ builds, once per worker, a copy whose ``SampleFrames`` and final crop/resize are
 from __future__ import annotations
 
 import logging
+import os
+import struct
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -68,7 +70,11 @@ def describe_pipeline(transforms: Sequence[dict], key: str = 'train_pipeline') -
         raise ValueError(f'{key} needs a final square crop or resize after {names[samplers[0]]} to '
                          'vary the crop size: Resize(scale=(S, S), keep_ratio=False), RandomCrop(size=S)'
                          f' or CenterCrop(crop_size=S); found {names}')
-    return PipelineShape(int(sampler['clip_len']), int(sampler.get('frame_interval', 1)),
+    for arg, value in (('clip_len', sampler.get('clip_len')),
+                       ('frame_interval', sampler.get('frame_interval', 1))):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f'{key}: {names[samplers[0]]}.{arg} must be a positive int, got {value!r}')
+    return PipelineShape(sampler['clip_len'], sampler.get('frame_interval', 1),
                          _fixed_size(transforms[final[-1]]), samplers[0], final[-1])
 
 
@@ -85,6 +91,41 @@ def _fixed_size(cfg: dict) -> int | None:
     if isinstance(value, (tuple, list)) and len(value) == 2 and value[0] == value[1] and value[0] > 0:
         return int(value[0])
     return None
+
+
+def check_container(path: str) -> None:
+    """Raise ``ValueError`` for a local video file that is empty or shorter than its container says.
+
+    Reads a few header bytes: the RIFF size of an AVI, the top-level box sizes of an MP4/MOV. A
+    truncated AVI makes decord 0.6.0 crash the process (SIGSEGV) when opened from memory, as
+    ``DecordInit`` does, so this runs before the wrapped transforms. Other formats, and paths that are
+    not local files, pass unchecked.
+    """
+    if not os.path.isfile(path):
+        return
+    size = os.path.getsize(path)
+    if size == 0:
+        raise ValueError('the file is empty (0 bytes)')
+    with open(path, 'rb') as f:
+        head = f.read(12)
+        if head[:4] == b'RIFF' and len(head) >= 8:
+            declared = struct.unpack('<I', head[4:8])[0] + 8
+            if declared > size:
+                raise ValueError(f'truncated: its RIFF header declares {declared} bytes, the file has '
+                                 f'{size}')
+        elif head[4:8] == b'ftyp':
+            pos = 0
+            while pos + 8 <= size:
+                f.seek(pos)
+                box, kind = struct.unpack('>I4s', f.read(8))
+                if box == 1:
+                    box = struct.unpack('>Q', f.read(8))[0]
+                if box < 8:  # 0: the last box, up to the end of the file; 2-7: not a box size
+                    break
+                if pos + box > size:
+                    raise ValueError(f'truncated: its {kind.decode("latin-1")!r} box ends at byte '
+                                     f'{pos + box}, the file has {size}')
+                pos += box
 
 
 def shaped_transforms(transforms: Sequence[dict], base: PipelineShape, clip_len: int,
@@ -135,8 +176,8 @@ class ShapeVaryingPipeline(BaseTransform):
 
     def __init__(self, transforms: Sequence[dict], scale_jitter: bool = True,
                  skip_broken: bool = False) -> None:
+        self.base = describe_pipeline(transforms, 'ShapeVaryingPipeline.transforms')
         self.transforms = [dict(t) for t in transforms]
-        self.base = describe_pipeline(self.transforms, 'ShapeVaryingPipeline.transforms')
         self.scale_jitter = scale_jitter
         self.skip_broken = skip_broken
         self.skipped = 0
@@ -174,6 +215,8 @@ class ShapeVaryingPipeline(BaseTransform):
         results['sample_idx'] = int(results['sample_idx'])
         results['grid_shape'] = (shape.clip_len, interval, shape.crop_size)
         try:
+            if 'filename' in results:
+                check_container(results['filename'])
             return self.pipeline(shape.clip_len, interval, shape.crop_size)(results)
         except Exception as error:
             source = results.get('filename', results.get('frame_dir', f'sample {results["sample_idx"]}'))
