@@ -29,7 +29,7 @@ from typing import Sequence
 import cv2
 import numpy as np
 
-GENERATOR_VERSION = 2
+GENERATOR_VERSION = 3
 SHAPES = ('disc', 'square', 'triangle', 'cross')
 DIRECTIONS = {'right': (1.0, 0.0), 'left': (-1.0, 0.0), 'down': (0.0, 1.0), 'up': (0.0, -1.0)}
 MAX_CLASSES = 16
@@ -111,9 +111,9 @@ def _random_colour(rng: np.random.Generator) -> tuple[int, int, int]:
 
 def _background(rng: np.random.Generator, width: int, height: int) -> np.ndarray:
     """Muted low-frequency colour texture (uint8, H x W x 3)."""
-    coarse = rng.uniform(30, 130, size=(rng.integers(3, 8), rng.integers(3, 8), 3))
+    coarse = rng.uniform(40, 100, size=(rng.integers(3, 8), rng.integers(3, 8), 3))
     smooth = cv2.resize(coarse, (width, height), interpolation=cv2.INTER_CUBIC)
-    fine = rng.normal(0, 8, size=(height, width, 3))
+    fine = rng.normal(0, 5, size=(height, width, 3))
     return np.clip(smooth + fine, 0, 255).astype(np.uint8)
 
 
@@ -157,7 +157,7 @@ def _render_clip(rng: np.random.Generator, label: int, num_frames: int, width: i
                                    size * rng.uniform(0.05, 0.08), rng.uniform(0, 2 * np.pi)),
             colour=_random_colour(rng),
             start=rng.uniform(0, 1, 2) * frame_size,
-            velocity=np.array([math.cos(heading), math.sin(heading)]) * rng.uniform(0.2, 0.8)
+            velocity=np.array([math.cos(heading), math.sin(heading)]) * rng.uniform(0.2, 0.5)
             * speed.max(),
         ))
     background = _background(rng, width, height)
@@ -167,7 +167,7 @@ def _render_clip(rng: np.random.Generator, label: int, num_frames: int, width: i
         for sprite in (*distractors, target):
             sprite.draw(frame, t)
         frames[t] = frame
-    noise = rng.integers(-10, 11, size=frames.shape, dtype=np.int16)
+    noise = rng.integers(-6, 7, size=frames.shape, dtype=np.int16)
     return np.clip(frames + noise, 0, 255).astype(np.uint8)
 
 

@@ -1,0 +1,70 @@
+"""benchmarks/speedup.py: the two configs it trains and how it reads their logs (no training here)."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from mmmultigrid.baseline import plan_from_config
+from runs import REPO
+
+sys.path.insert(0, str(REPO / 'benchmarks'))
+import speedup  # noqa: E402
+
+DATA = dict(video_dir=Path('/videos'), train_ann=Path('/train.txt'), val_ann=Path('/val.txt'),
+            num_classes=5)
+
+
+@pytest.mark.parametrize('preset', sorted(speedup.PRESETS))
+def test_both_runs_share_the_recipe(preset: str) -> None:
+    settings = speedup.PRESETS[preset]
+    baseline = speedup.build_config('baseline', settings, DATA)
+    multigrid = speedup.build_config('multigrid', settings, DATA)
+    for cfg in (baseline, multigrid):
+        assert cfg.model.backbone.base_channels == settings['model']['base_channels']
+        assert cfg.model.cls_head.num_classes == 5
+        assert cfg.train_dataloader.dataset.ann_file == '/train.txt'
+        assert cfg.val_dataloader.dataset.data_prefix.video == '/videos'
+        assert cfg.optim_wrapper.optimizer.lr == settings['schedule']['lr']
+    assert 'batch_sampler' not in baseline.train_dataloader
+    assert multigrid.train_dataloader.batch_sampler.type == 'MultigridSampler'
+    wrapped = multigrid.train_dataloader.dataset.pipeline[0]
+    assert wrapped.type == 'ShapeVaryingPipeline'
+    assert wrapped.transforms == baseline.train_dataloader.dataset.pipeline
+    plan = plan_from_config(multigrid, 1)
+    pipe = settings['pipeline']
+    assert (plan.base.clip_len, plan.base.crop_size) == (pipe['clip_len'], pipe['crop_size'])
+    assert plan.baseline_max_epochs == settings['schedule']['max_epochs']
+
+
+@pytest.mark.parametrize('epochs', [6, 12, 18, 20])
+def test_validation_points(epochs: int) -> None:
+    cfg = speedup.build_config('baseline', speedup.PRESETS['demo'], DATA)
+    speedup.set_validation(cfg, epochs)
+    loop = cfg.train_cfg
+    points = [e for e in range(1, epochs + 1)
+              if e >= loop.val_begin and (e % loop.val_interval == 0 or e == epochs)]
+    assert len(points) in (speedup.VALIDATIONS, speedup.VALIDATIONS + 1) and points[-1] == epochs
+
+
+def test_summarize_reads_time_data_wait_and_accuracy(tmp_path: Path) -> None:
+    rows = [dict(epoch=1, iter=1, time=2.0, data_time=0.5, loss=1, batch_size=16, clip_len=4,
+                 crop_size=32),
+            dict(epoch=1, iter=2, time=1.0, data_time=0.0, loss=1, batch_size=8, clip_len=4,
+                 crop_size=45),
+            {'acc/top1': 0.25, 'step': 1},
+            dict(epoch=2, iter=3, time=1.0, data_time=0.25, loss=1, batch_size=16, clip_len=4,
+                 crop_size=32),
+            {'acc/top1': 0.5, 'step': 2}]
+    path = tmp_path / '20260101_000000' / 'vis_data' / 'scalars.json'
+    path.parent.mkdir(parents=True)
+    path.write_text('\n'.join(json.dumps(r) for r in rows))
+    result = speedup.summarize('multigrid', tmp_path, process_s=9.0)
+    assert result['wall_clock_s'] == 4.0 and result['iterations'] == 3 and result['top1'] == 0.5
+    assert result['validation_curve'] == [dict(epoch=1, wall_clock_s=3.0, top1=0.25),
+                                          dict(epoch=2, wall_clock_s=4.0, top1=0.5)]
+    assert result['data_wait_share'] == pytest.approx(0.75 / 4.0)
+    assert result['data_wait_share_per_shape'] == {'16x4x32': pytest.approx(0.75 / 3.0),
+                                                   '8x4x45': 0.0}
