@@ -16,7 +16,9 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+import torch
 from mmengine.config import Config
+from mmengine.dataset import DefaultSampler
 from torch.utils.data import SequentialSampler
 
 import mmmultigrid  # noqa: F401  (registers the components, repairs the stack)
@@ -274,24 +276,52 @@ def test_hook_needs_the_sampler_and_the_wrapped_pipeline() -> None:
         check_pipeline(stub_runner(None, [object()]))
 
 
+def test_batch_of_another_shape_stops_the_iteration() -> None:
+    """Every batch is compared with the plan before the model sees it."""
+    plan = build_plan(BaseShape(2, 8, 2, 32), MultigridOptions(), parse_lr_schedulers(None, 8, 0.1), 8)
+    sampler = MultigridSampler(DefaultSampler(list(range(64)), shuffle=False), 2)
+    sampler.set_plan(plan)
+    hook = MultigridHook()
+    hook.plan, hook.sampler, hook.epoch_starts = plan, sampler, [0, 100]
+    hub = SimpleNamespace(update_scalar=lambda key, value: None)
+    runner = SimpleNamespace(epoch=0, iter=0, message_hub=hub, optim_wrapper=SimpleNamespace(
+        param_groups=[dict(lr=0.1, initial_lr=0.1)]))
+    shape = plan.segments[0].shapes[0]
+    clip = torch.zeros(1, 3, shape.clip_len, shape.crop_size, shape.crop_size)
+    hook.before_train_iter(runner, 0, dict(inputs=[clip] * shape.batch_size))
+    base = torch.zeros(1, 3, 8, 32, 32)  # e.g. a pipeline that ignores the grid shape
+    planned = (shape.batch_size, shape.clip_len, shape.crop_size)
+    with pytest.raises(RuntimeError, match=re.escape(
+            f'epoch 0 batch 0: the plan says (B, T, S) = {planned}, the loader gave '
+            f'{(shape.batch_size, 8, 32)}; is the train pipeline wrapped in ShapeVaryingPipeline?')):
+        hook.before_train_iter(runner, 0, dict(inputs=[base] * shape.batch_size))
+
+
 # --- end to end: tools/train.py stops at once, the fix in the last line of its output ---------------
-@pytest.mark.parametrize('extra, error', [
+@pytest.mark.parametrize('hook, options, error', [
     # MultigridHook without MultigridSampler: refused at start-up (before_train)
-    ('train_dataloader = dict(batch_sampler=None)',
+    (True, ['train_dataloader.batch_sampler=None'],
      'TypeError: MultigridHook needs train_dataloader.batch_sampler=dict(type="MultigridSampler")'),
     # MultigridSampler without MultigridHook: refused when the first epoch asks for its batches
-    ('custom_hooks = []', 'RuntimeError: MultigridSampler has no plan: add dict(type="MultigridHook") '
-     'to custom_hooks'),
+    (False, [], 'RuntimeError: MultigridSampler has no plan: add dict(type="MultigridHook") to '
+     'custom_hooks'),
     # ShapeVaryingPipeline alone: refused by the first sample, in the loader worker
-    ('custom_hooks = []\ntrain_dataloader = dict(batch_sampler=None)',
+    (False, ['train_dataloader.batch_sampler=None'],
      'RuntimeError: ShapeVaryingPipeline got sample_idx='),
-], ids=['hook-without-sampler', 'sampler-without-hook', 'pipeline-without-sampler'])
-def test_half_a_multigrid_setup_stops_training(extra: str, error: str,
+    # too few clips per GPU for one batch of a short cycle (16 + 8 + 8 clips at batch 1, x2 here)
+    (True, ['train_dataloader.batch_size=2'], 'ValueError: epochs 0-2 would have no iteration: '
+     '24 clips per GPU do not fill one batch of the short cycle [32, 16, 16]; lower '
+     'train_dataloader.batch_size or use more training clips'),
+], ids=['hook-without-sampler', 'sampler-without-hook', 'pipeline-without-sampler', 'too-few-clips'])
+def test_half_a_multigrid_setup_stops_training(hook: bool, options: list[str], error: str,
                                                synthetic_dataset: SyntheticDataset,
                                                tmp_path: Path) -> None:
-    cfg = write_tiny_multigrid_config(tmp_path / 'tiny.py', synthetic_dataset, extra=extra)
-    proc = train(cfg, tmp_path / 'work', check=False)
+    cfg = write_tiny_multigrid_config(tmp_path / 'tiny.py', synthetic_dataset,
+                                      extra='' if hook else 'custom_hooks = []')
+    proc = train(cfg, tmp_path / 'work', *(['--cfg-options', *options] if options else []),
+                 check=False)
     assert proc.returncode == 1
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith(error), proc.stderr[-3000:]
+    assert str(synthetic_dataset.train_ann) in proc.stdout  # the run used the test's data
     assert 'Epoch(train)' not in proc.stdout + proc.stderr  # no iteration ran
