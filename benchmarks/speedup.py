@@ -46,7 +46,7 @@ PRESETS: dict[str, dict[str, Any]] = {
                      width=128, height=96, seed=0),
         model=dict(base_channels=8, depth=18),
         pipeline=dict(clip_len=16, frame_interval=2, short_side=144, crop_size=128),
-        schedule=dict(max_epochs=12, milestones=[8, 11], warmup_epochs=1, lr=0.02, batch_size=8),
+        schedule=dict(max_epochs=12, milestones=[4, 8], warmup_epochs=1, lr=0.02, batch_size=8),
         threads=1, workers=1),
     # `make demo`: the same recipe on less data, a few minutes.
     'demo': dict(
@@ -206,7 +206,7 @@ def plot(results: dict[str, Any], path: Path) -> None:
     labels, shares = [], []
     for run in ('baseline', 'multigrid'):
         for shape, share in results.get(run, {}).get('data_wait_share_per_shape', {}).items():
-            labels.append(f'{run[:2]} {shape}')
+            labels.append(f'{run} {shape}')
             shares.append(100 * share)
     wait_ax.barh(labels, shares, color='tab:gray')
     wait_ax.set(xlabel='time waiting for data (% of iteration time)',

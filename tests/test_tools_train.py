@@ -6,11 +6,8 @@ so resuming exercises the checkpoint safe globals of :mod:`mmmultigrid.stack_fix
 from __future__ import annotations
 
 import math
-import os
 import pickle
 import re
-import socket
-import subprocess
 import sys
 from pathlib import Path
 
@@ -18,10 +15,9 @@ import pytest
 import torch
 
 from mmmultigrid.synthetic_videos import SyntheticDataset
+from runs import REPO, free_port, run
 
-REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / 'configs' / 'synthetic_r3d_baseline.py'
-TIMEOUT_S = 300
 
 
 def tiny_options(ds: SyntheticDataset, max_epochs: int) -> list[str]:
@@ -37,29 +33,6 @@ def tiny_options(ds: SyntheticDataset, max_epochs: int) -> list[str]:
                     f'{loader}.dataset.pipeline.1.clip_len=4',
                     f'{loader}.dataset.pipeline.5.scale=(32,32)']
     return options
-
-
-def clean_env(**extra: str) -> dict[str, str]:
-    """The environment without variables that would change torch.load or the launcher."""
-    env = {key: value for key, value in os.environ.items()
-           if not key.startswith('TORCH_FORCE_') and key not in
-           ('RANK', 'LOCAL_RANK', 'WORLD_SIZE', 'MASTER_ADDR', 'MASTER_PORT')}
-    env.update(OMP_NUM_THREADS='1', **extra)
-    return env
-
-
-def run(args: list[str], **env: str) -> subprocess.CompletedProcess:
-    proc = subprocess.run(args, cwd=REPO, env=clean_env(**env), capture_output=True, text=True,
-                          timeout=TIMEOUT_S)
-    assert proc.returncode == 0, f'{args} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}'
-    return proc
-
-
-def free_port() -> int:
-    """A TCP port that was free a moment ago."""
-    with socket.socket() as sock:
-        sock.bind(('127.0.0.1', 0))
-        return sock.getsockname()[1]
 
 
 def test_train_resume_and_test(synthetic_dataset: SyntheticDataset, tmp_path: Path) -> None:
@@ -85,9 +58,8 @@ def test_train_resume_and_test(synthetic_dataset: SyntheticDataset, tmp_path: Pa
 
 
 def test_test_rejects_non_pickle_dump(tmp_path: Path) -> None:
-    proc = subprocess.run([sys.executable, 'tools/test.py', str(CONFIG), 'missing.pth',
-                           '--dump', str(tmp_path / 'out.json')], cwd=REPO, env=clean_env(),
-                          capture_output=True, text=True, timeout=TIMEOUT_S)
+    proc = run([sys.executable, 'tools/test.py', str(CONFIG), 'missing.pth',
+                '--dump', str(tmp_path / 'out.json')], check=False)
     assert proc.returncode != 0 and "--dump must name a .pkl or .pickle file" in proc.stderr
 
 
