@@ -46,7 +46,7 @@ PRESETS: dict[str, dict[str, Any]] = {
                      width=128, height=96, seed=0),
         model=dict(base_channels=8, depth=18),
         pipeline=dict(clip_len=16, frame_interval=2, short_side=144, crop_size=128),
-        schedule=dict(max_epochs=12, milestones=[4, 8], warmup_epochs=1, lr=0.02, batch_size=8),
+        schedule=dict(max_epochs=12, milestones=[5, 10], warmup_epochs=1, lr=0.02, batch_size=8),
         threads=1, workers=1),
     # `make demo`: the same recipe on less data, a few minutes.
     'demo': dict(
@@ -86,6 +86,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     custom = (args.data_root, args.ann_file, args.val_ann_file, args.num_classes)
     if any(v is not None for v in custom) and not all(v is not None for v in custom):
         parser.error('--data-root, --ann-file, --val-ann-file and --num-classes go together')
+    # The default folder belongs to the benchmark: it is regenerated when its parameters change.
+    args.own_synthetic_root = args.synthetic_root is None
     args.synthetic_root = args.synthetic_root or REPO / 'data' / f'synthetic-{args.preset}'
     args.out = args.out or args.work_dir / 'speedup.json'
     args.plot = args.plot or args.out.with_suffix('.png')
@@ -96,7 +98,13 @@ def dataset_paths(args: argparse.Namespace, preset: dict) -> dict[str, Any]:
     if args.data_root is not None:
         return dict(video_dir=args.data_root, train_ann=args.ann_file, val_ann=args.val_ann_file,
                     num_classes=args.num_classes)
-    ds = make_dataset(args.synthetic_root, **preset['dataset'])
+    try:
+        ds = make_dataset(args.synthetic_root, **preset['dataset'])
+    except FileExistsError:
+        if not args.own_synthetic_root:
+            raise
+        print(f'regenerating {args.synthetic_root}: made with other parameters', flush=True)
+        ds = make_dataset(args.synthetic_root, **preset['dataset'], overwrite=True)
     return dict(video_dir=ds.video_dir, train_ann=ds.train_ann, val_ann=ds.val_ann,
                 num_classes=ds.num_classes)
 
