@@ -20,6 +20,7 @@ Used by the tools rather than at import:
   config without ``pkg::`` bases works without ``pkg_resources``.
 * :func:`prepare_cpu_distributed` -- on a machine without CUDA, switch a distributed config to gloo
   and to a DDP wrapper without ``device_ids``.
+* :func:`build_runner` -- the Runner of ``tools/train.py`` and ``tools/test.py``, with the above.
 """
 from __future__ import annotations
 
@@ -283,3 +284,15 @@ def prepare_cpu_distributed(cfg: Any) -> bool:
     if issubclass(wrapper_cls, DistributedDataParallel):
         wrapper_cfg['device_ids'] = None
     return True
+
+
+def build_runner(cfg: Any) -> Any:
+    """The Runner of a merged tool config, after :func:`prepare_cpu_distributed` (train/test tools)."""
+    from mmengine.runner import Runner
+
+    prepare_cpu_distributed(cfg)
+    if 'runner_type' in cfg:
+        from mmaction.registry import RUNNERS
+
+        return RUNNERS.build(cfg)
+    return Runner.from_cfg(cfg)

@@ -11,7 +11,6 @@ sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))  # run from 
 from mmmultigrid import stack_fixes  # noqa: E402  (must precede anything built from mmaction)
 
 from mmengine.config import Config, DictAction  # noqa: E402
-from mmengine.runner import Runner  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -64,14 +63,7 @@ def main(argv: list[str] | None = None) -> dict:
     with stack_fixes.pkg_resources_hint():
         cfg = Config.fromfile(args.config)
     cfg = merge_args(cfg, args)
-    stack_fixes.prepare_cpu_distributed(cfg)
-
-    if 'runner_type' in cfg:
-        from mmaction.registry import RUNNERS
-
-        runner = RUNNERS.build(cfg)
-    else:
-        runner = Runner.from_cfg(cfg)
+    runner = stack_fixes.build_runner(cfg)
     return runner.test()
 
 
