@@ -110,7 +110,8 @@ class MultigridHook(Hook):
     # --- every iteration -------------------------------------------------------------------------------
     def before_train_iter(self, runner, batch_idx: int, data_batch: Any = None) -> None:
         lr = self.set_lr(runner)
-        shape = self.sampler.shapes(runner.epoch)[batch_idx % len(self.sampler.shapes(runner.epoch))]
+        shapes = self.sampler.shapes(runner.epoch)
+        shape = shapes[batch_idx % len(shapes)]
         actual = batch_shape(data_batch)
         planned = (shape.batch_size, shape.clip_len, shape.crop_size)
         if actual is not None and actual != planned:
