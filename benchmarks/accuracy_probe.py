@@ -66,6 +66,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help='mmengine checkpoint whose backbone.* weights initialise the run')
     parser.add_argument('--grouped-bn', type=int, metavar='N',
                         help='baseline only: batch norm in groups of N clips')
+    parser.add_argument('--hook-option', nargs='+', default=[], metavar='KEY=VALUE',
+                        help='multigrid only: MultigridHook arguments (VALUE is JSON), '
+                        'e.g. short_cycle=false')
     parser.add_argument('--val-interval', type=int, default=2, help='epochs between validations')
     parser.add_argument('--work-dir', type=Path, default=speedup.REPO / 'work_dirs' / 'probe')
     parser.add_argument('--synthetic-root', type=Path,
@@ -73,20 +76,27 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.grouped_bn is not None and args.run != 'baseline':
         parser.error('--grouped-bn is for the baseline run (multigrid groups its BN itself)')
+    if args.hook_option and args.run != 'multigrid':
+        parser.error('--hook-option is for the multigrid run')
+    args.hook_option = dict(_parse_assignment(a) for a in args.hook_option)
     return args
+
+
+def _parse_assignment(assignment: str) -> tuple[str, Any]:
+    key, sep, raw = assignment.partition('=')
+    if not sep or not key:
+        raise SystemExit(f'{assignment!r}: expected KEY=VALUE')
+    try:
+        return key, json.loads(raw)
+    except json.JSONDecodeError:
+        return key, raw
 
 
 def apply_settings(preset: dict[str, Any], assignments: list[str]) -> dict[str, Any]:
     """A copy of `preset` with each ``SECTION.KEY=VALUE`` (or ``KEY=VALUE``) applied."""
     preset = copy.deepcopy(preset)
     for assignment in assignments:
-        key, sep, raw = assignment.partition('=')
-        if not sep:
-            raise SystemExit(f'--set {assignment!r}: expected SECTION.KEY=VALUE')
-        try:
-            value = json.loads(raw)
-        except json.JSONDecodeError:
-            value = raw
+        key, value = _parse_assignment(assignment)
         *sections, name = key.split('.')
         target = preset
         for section in sections:
@@ -121,6 +131,8 @@ def probe_config(args: argparse.Namespace, preset: dict[str, Any], data: dict[st
         weights = args.work_dir / 'pretrained_backbone.pth'
         export_backbone(args.pretrained, weights)
         cfg.model.backbone.pretrained = str(weights)
+    if args.hook_option:
+        cfg.custom_hooks[0].update(args.hook_option)
     if args.grouped_bn is not None:
         cfg.custom_imports = dict(imports=['mmmultigrid', 'accuracy_probe'], allow_failed_imports=False)
         cfg.custom_hooks = [dict(type='GroupedBatchNormProbeHook', group_size=args.grouped_bn)]
@@ -142,7 +154,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     result = speedup.train(args.run, cfg, args.work_dir, preset['threads'])
     result.update(run=args.run, preset=args.preset, settings=preset, set=args.set,
                   pretrained=None if args.pretrained is None else str(args.pretrained),
-                  grouped_bn=args.grouped_bn)
+                  grouped_bn=args.grouped_bn, hook_options=args.hook_option)
     (args.work_dir / 'probe.json').write_text(json.dumps(result, indent=2) + '\n')
     print(' '.join(f"epoch {p['epoch']}: {100 * p['top1']:.1f}%" for p in result['validation_curve']))
     return result

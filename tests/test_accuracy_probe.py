@@ -27,7 +27,7 @@ def test_apply_settings_changes_a_copy() -> None:
 
 
 @pytest.mark.parametrize('assignment, message', [
-    ('schedule.lr', 'expected SECTION.KEY=VALUE'),
+    ('schedule.lr', 'expected KEY=VALUE'),
     ('schedul.lr=1', "no section 'schedul'"),
     ('schedule.learning_rate=1', "no entry 'schedule.learning_rate'"),
 ])
@@ -64,6 +64,16 @@ def test_export_backbone_refuses_a_checkpoint_without_one(tmp_path: Path) -> Non
 def test_grouped_bn_is_for_the_baseline_only() -> None:
     with pytest.raises(SystemExit):
         accuracy_probe.parse_args(['multigrid', '--grouped-bn', '8'])
+
+
+def test_hook_options_reach_the_multigrid_hook(tmp_path: Path) -> None:
+    args = accuracy_probe.parse_args(['multigrid', '--hook-option', 'short_cycle=false',
+                                      'epoch_factor=2', '--work-dir', str(tmp_path)])
+    cfg = accuracy_probe.probe_config(args, speedup.PRESETS['default'], DATA)
+    hook = cfg.custom_hooks[0]
+    assert hook.type == 'MultigridHook' and hook.short_cycle is False and hook.epoch_factor == 2
+    with pytest.raises(SystemExit):
+        accuracy_probe.parse_args(['baseline', '--hook-option', 'short_cycle=false'])
 
 
 def test_tiny_probe_with_grouped_bn(tmp_path: Path) -> None:
