@@ -124,8 +124,6 @@ def export_backbone(checkpoint: Path, out: Path) -> None:
 
 def probe_config(args: argparse.Namespace, preset: dict[str, Any], data: dict[str, Any]):
     cfg = speedup.build_config(args.run, preset, data)
-    for name in ('train_dataloader', 'val_dataloader', 'test_dataloader'):
-        cfg[name].persistent_workers = preset['workers'] > 0
     cfg.train_cfg.update(val_interval=args.val_interval, val_begin=1)
     if args.pretrained is not None:
         weights = args.work_dir / 'pretrained_backbone.pth'

@@ -64,6 +64,15 @@ PRESETS: dict[str, dict[str, Any]] = {
         pipeline=dict(clip_len=16, frame_interval=2, short_side=80, crop_size=64),
         schedule=dict(max_epochs=12, milestones=[8, 11], warmup_epochs=1, lr=0.02, batch_size=8),
         threads=1, workers=1),
+    # The paper's regime at CPU size (issue 11): total stride 16 keeps the last feature map at 5x5 at
+    # the base crop and 3x3 at the coarsest grid shape (the paper: 7x7 and about 3.5).
+    'sweep': dict(
+        dataset=dict(num_classes=16, train_clips_per_class=64, val_clips_per_class=64, num_frames=48,
+                     width=128, height=96, seed=0),
+        model=dict(base_channels=8, depth=18, pool1_stride_s=1),
+        pipeline=dict(clip_len=16, frame_interval=2, short_side=90, crop_size=80),
+        schedule=dict(max_epochs=6, milestones=[4, 5], warmup_epochs=1, lr=0.02, batch_size=4),
+        threads=1, workers=2),
 }
 
 
@@ -113,7 +122,7 @@ def build_config(run: str, preset: dict, data: dict[str, Any]) -> Config:
     """The run's config: the shipped synthetic config with the preset's sizes and the data paths."""
     cfg = Config.fromfile(CONFIGS[run])
     model, pipe, sched = preset['model'], preset['pipeline'], preset['schedule']
-    cfg.model.backbone.update(base_channels=model['base_channels'], depth=model['depth'])
+    cfg.model.backbone.update(model)
     cfg.model.cls_head.update(num_classes=data['num_classes'], in_channels=model['base_channels'] * 8)
     train_transforms = (cfg.train_dataloader.dataset.pipeline[0].transforms if run == 'multigrid'
                         else cfg.train_dataloader.dataset.pipeline)
@@ -128,7 +137,7 @@ def build_config(run: str, preset: dict, data: dict[str, Any]) -> Config:
                 t['crop_size'] = pipe['short_side']
     for name, ann in (('train_dataloader', data['train_ann']), ('val_dataloader', data['val_ann'])):
         loader = cfg[name]
-        loader.update(num_workers=preset['workers'], persistent_workers=True)
+        loader.update(num_workers=preset['workers'], persistent_workers=preset['workers'] > 0)
         loader.dataset.update(ann_file=str(ann), data_prefix=dict(video=str(data['video_dir'])))
     cfg.train_dataloader.batch_size = sched['batch_size']
     cfg.test_dataloader = cfg.val_dataloader
@@ -146,11 +155,11 @@ def build_config(run: str, preset: dict, data: dict[str, Any]) -> Config:
     return cfg
 
 
-def set_validation(cfg: Config, epochs: int) -> None:
-    """Validate about ``VALIDATIONS`` times, at the same fractions of training in both runs."""
-    interval = max(1, epochs // VALIDATIONS)
+def set_validation(cfg: Config, epochs: int, count: int = VALIDATIONS) -> None:
+    """Validate about ``count`` times, at the same fractions of training in both runs."""
+    interval = max(1, epochs // count)
     cfg.train_cfg.val_interval = interval
-    cfg.train_cfg.val_begin = epochs - interval * (VALIDATIONS - 1)
+    cfg.train_cfg.val_begin = max(1, epochs - interval * (count - 1))
 
 
 def read_scalars(work_dir: Path) -> tuple[list[dict], list[dict]]:
@@ -253,8 +262,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if 'multigrid' in configs:
         set_validation(configs['multigrid'], mg_plan.max_epochs)
     results: dict[str, Any] = dict(
-        preset=args.preset, machine=dict(platform=platform.platform(), cpus=os.cpu_count(),
-                                         processor=_cpu_model()),
+        preset=args.preset, machine=machine(),
         date=time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime()),
         command=' '.join([Path(sys.argv[0]).name] + (argv if argv is not None else sys.argv[1:])),
         train_clips=train_clips, settings=preset)
@@ -271,6 +279,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print(table(results))
     print(f'results: {args.out}\nplot:    {args.plot}')
     return results
+
+
+def machine() -> dict[str, Any]:
+    """Platform, CPU count and CPU model of this machine, for the JSON of a benchmark."""
+    return dict(platform=platform.platform(), cpus=os.cpu_count(), processor=_cpu_model())
 
 
 def _cpu_model() -> str:

@@ -142,3 +142,29 @@ def test_two_processes_agree(two_rank_dataset: SyntheticDataset, tmp_path: Path)
     plan = plan_from_config(Config.fromfile(config), 2)
     _, planned_iterations = plan.iterations(len(two_rank_dataset.train_ann.read_text().splitlines()))
     assert end['iter'] == planned_iterations
+
+
+def test_both_cycles_off_reproduce_the_baseline(synthetic_dataset: SyntheticDataset,
+                                                tmp_path: Path) -> None:
+    """The identity property: long and short cycle off and ``epoch_factor=1.0`` train with the
+    baseline's LR and batches, iteration for iteration."""
+    multigrid = write_tiny_multigrid_config(
+        tmp_path / 'identity.py', synthetic_dataset,
+        hook='long_cycle=False, short_cycle=False, epoch_factor=1.0')
+    baseline = tmp_path / 'baseline.py'
+    baseline.write_text(f"""
+_base_ = ['{multigrid}']
+train_dataloader = dict(batch_sampler=None, dataset=dict(pipeline={{{{_base_.train_pipeline}}}}))
+custom_hooks = []
+""")
+    logs = {}
+    for name, config in (('baseline', baseline), ('multigrid', multigrid)):
+        train(config, tmp_path / name)
+        scalars = next((tmp_path / name).glob('*/vis_data/scalars.json'))
+        logs[name] = [json.loads(line) for line in scalars.read_text().splitlines()]
+    assert len(logs['baseline']) == len(logs['multigrid']) == 4 * 24  # 4 epochs of 24 clips
+    for base, mg in zip(logs['baseline'], logs['multigrid']):
+        assert (mg['epoch'], mg['iter']) == (base['epoch'], base['iter'])
+        assert mg['lr'] == pytest.approx(base['lr'], rel=1e-12)
+        assert (mg['batch_size'], mg['clip_len'], mg['crop_size']) == (1, 8, 32)
+    assert [r['lr'] for r in logs['baseline'][::24]] == pytest.approx([LR, LR, LR / 10, LR / 100])
