@@ -38,7 +38,7 @@ MAX_GAP = 0.01  # top-1, as a fraction
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    parser.add_argument('--preset', choices=sorted(speedup.PRESETS), default='sweep')
+    parser.add_argument('--preset', choices=sorted(speedup.PRESETS), default='default')
     parser.add_argument('--set', nargs='+', default=[], metavar='SECTION.KEY=VALUE',
                         help='change preset entries, e.g. schedule.lr=0.05 workers=0')
     parser.add_argument('--lengths', type=float, nargs='+', default=[1, 2, 4],
@@ -104,18 +104,6 @@ def planned_runs(args: argparse.Namespace, preset: dict[str, Any]) -> list[dict[
     return runs
 
 
-def multigrid_curve_at(points: list[tuple[float, float]], wall_clock: float) -> float | None:
-    """Top-1 of the multigrid curve (final points joined by lines, flat after the last) at
-    ``wall_clock``; None before its first point."""
-    points = sorted(points)
-    if not points or wall_clock < points[0][0]:
-        return None
-    for (x0, y0), (x1, y1) in zip(points, points[1:]):
-        if x0 <= wall_clock <= x1:
-            return y0 + (y1 - y0) * (wall_clock - x0) / (x1 - x0) if x1 > x0 else max(y0, y1)
-    return points[-1][1]
-
-
 def check_targets(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """The three targets of the sweep, each with the figures it was decided on."""
     by_key = {(r['method'], r['schedule'], r['seed']): r for r in runs}
@@ -132,7 +120,7 @@ def check_targets(runs: list[dict[str, Any]]) -> dict[str, Any]:
     above = []
     for b in runs:
         if b['method'] == 'baseline' and b['seed'] == seed:
-            level = multigrid_curve_at(curve, b['wall_clock_s'])
+            level = speedup.curve_at(curve, b['wall_clock_s'])
             if level is not None:
                 above.append(dict(schedule=b['schedule'], baseline=b['top1'], multigrid_curve=level,
                                   above=b['top1'] - level))

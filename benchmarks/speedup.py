@@ -40,39 +40,33 @@ VALIDATIONS = 4  # per run, at the same fractions of training
 #: Dataset, model and schedule of each preset. ``threads`` torch threads train while ``workers``
 #: loader processes decode, so on 2 cores loading overlaps compute as it does on a GPU machine.
 PRESETS: dict[str, dict[str, Any]] = {
-    # About 20 minutes on 2 cores: a base-shape clip trains in ~65 ms and decodes in ~6 ms.
+    # The paper's regime at CPU size (issue 11): the backbone's total stride of 16 keeps its last feature
+    # map at 5x5 at the base crop and 3x3 at the coarsest grid shape (the paper: 7x7 and about 3.5);
+    # 1,024 validation clips. About 10 minutes on 2 cores; benchmarks/budget_sweep.py scales it 1-4x.
     'default': dict(
-        dataset=dict(num_classes=8, train_clips_per_class=128, val_clips_per_class=64, num_frames=48,
-                     width=128, height=96, seed=0),
-        model=dict(base_channels=8, depth=18),
-        pipeline=dict(clip_len=16, frame_interval=2, short_side=144, crop_size=128),
-        schedule=dict(max_epochs=12, milestones=[5, 10], warmup_epochs=1, lr=0.02, batch_size=8),
-        threads=1, workers=1),
-    # `make demo`: the same recipe on less data, a few minutes.
-    'demo': dict(
-        dataset=dict(num_classes=8, train_clips_per_class=48, val_clips_per_class=16, num_frames=48,
-                     width=128, height=96, seed=0),
-        model=dict(base_channels=8, depth=18),
-        pipeline=dict(clip_len=16, frame_interval=2, short_side=144, crop_size=128),
-        schedule=dict(max_epochs=6, milestones=[4, 5], warmup_epochs=1, lr=0.02, batch_size=8),
-        threads=1, workers=1),
-    # Decoding dominates: a tiny model at 64 px trains a clip in about the time it takes to decode.
-    'loader-heavy': dict(
-        dataset=dict(num_classes=8, train_clips_per_class=128, val_clips_per_class=64, num_frames=48,
-                     width=128, height=96, seed=0),
-        model=dict(base_channels=4, depth=18),
-        pipeline=dict(clip_len=16, frame_interval=2, short_side=80, crop_size=64),
-        schedule=dict(max_epochs=12, milestones=[8, 11], warmup_epochs=1, lr=0.02, batch_size=8),
-        threads=1, workers=1),
-    # The paper's regime at CPU size (issue 11): total stride 16 keeps the last feature map at 5x5 at
-    # the base crop and 3x3 at the coarsest grid shape (the paper: 7x7 and about 3.5).
-    'sweep': dict(
         dataset=dict(num_classes=16, train_clips_per_class=64, val_clips_per_class=64, num_frames=48,
                      width=128, height=96, seed=0),
         model=dict(base_channels=8, depth=18, pool1_stride_s=1),
         pipeline=dict(clip_len=16, frame_interval=2, short_side=90, crop_size=80),
         schedule=dict(max_epochs=6, milestones=[4, 5], warmup_epochs=1, lr=0.02, batch_size=4),
         threads=1, workers=2),
+    # `make demo`: the same model and shapes on 8 classes and less data, a few minutes.
+    'demo': dict(
+        dataset=dict(num_classes=8, train_clips_per_class=48, val_clips_per_class=16, num_frames=48,
+                     width=128, height=96, seed=0),
+        model=dict(base_channels=8, depth=18, pool1_stride_s=1),
+        pipeline=dict(clip_len=16, frame_interval=2, short_side=90, crop_size=80),
+        schedule=dict(max_epochs=6, milestones=[4, 5], warmup_epochs=1, lr=0.02, batch_size=4),
+        threads=1, workers=2),
+    # Decoding dominates: a tiny model at 64 px trains a clip in about the time it takes to decode
+    # (total stride 16: 4x4 at the base crop, 2x2 at the coarsest).
+    'loader-heavy': dict(
+        dataset=dict(num_classes=8, train_clips_per_class=128, val_clips_per_class=64, num_frames=48,
+                     width=128, height=96, seed=0),
+        model=dict(base_channels=4, depth=18, pool1_stride_s=1),
+        pipeline=dict(clip_len=16, frame_interval=2, short_side=80, crop_size=64),
+        schedule=dict(max_epochs=12, milestones=[8, 11], warmup_epochs=1, lr=0.02, batch_size=8),
+        threads=1, workers=1),
 }
 
 
@@ -234,6 +228,37 @@ def plot(results: dict[str, Any], path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
+def curve_at(points: list[tuple[float, float]], x: float) -> float | None:
+    """The value at ``x`` of the curve through ``(x, y)`` points (joined by lines, flat after the
+    last); None before the first."""
+    points = sorted(points)
+    if not points or x < points[0][0]:
+        return None
+    for (x0, y0), (x1, y1) in zip(points, points[1:]):
+        if x0 <= x <= x1:
+            return y0 + (y1 - y0) * (x - x0) / (x1 - x0) if x1 > x0 else max(y0, y1)
+    return points[-1][1]
+
+
+def verdict(results: dict[str, Any]) -> str:
+    """What the side-by-side run measured, in words: speed-up, final top-1 and top-1 at equal time."""
+    base, multi = results['baseline'], results['multigrid']
+    gap = 100 * (multi['top1'] - base['top1'])
+    lines = [f"verdict: multigrid trained {results['speedup']:.2f}x faster than the baseline (the plan "
+             f"predicts {results['predicted_speedup']:.2f}x) and ended {abs(gap):.1f} points "
+             f"{'above' if gap >= 0 else 'below'} it ({100 * multi['top1']:.1f}% against "
+             f"{100 * base['top1']:.1f}% top-1 on {results['val_clips']} validation clips)."]
+    level = curve_at([(p['wall_clock_s'], p['top1']) for p in base['validation_curve']],
+                     multi['wall_clock_s'])
+    if level is not None:
+        lines.append(f"At multigrid's training time ({multi['wall_clock_s'] / 60:.1f} min) the baseline "
+                     f'was at {100 * level:.1f}% (its validation curve, interpolated).')
+    if gap < -1:
+        lines.append('A run this short does not show accuracy parity; benchmarks/budget_sweep.py '
+                     'compares both methods at converged schedule lengths (README, Measured results).')
+    return '\n'.join(lines)
+
+
 def table(results: dict[str, Any]) -> str:
     lines = [f"{'run':<10} {'wall-clock':>11} {'iterations':>10} {'top-1':>7} {'data wait':>9}"]
     for run in ('baseline', 'multigrid'):
@@ -246,6 +271,7 @@ def table(results: dict[str, Any]) -> str:
                      f"{results['predicted_speedup']:.2f}x predicted (iteration ratio); "
                      f"top-1 {100 * (results['multigrid']['top1'] - results['baseline']['top1']):+.1f} "
                      'points')
+        lines.append(verdict(results))
     return '\n'.join(lines)
 
 
@@ -253,7 +279,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     preset = PRESETS[args.preset]
     data = dataset_paths(args, preset)
-    train_clips = len(Path(data['train_ann']).read_text().split('\n')) - 1
+    train_clips, val_clips = (len(Path(data[key]).read_text().splitlines())
+                              for key in ('train_ann', 'val_ann'))
     configs = {run: build_config(run, preset, data) for run in args.runs}
     mg_plan = plan_from_config(build_config('multigrid', preset, data), 1)
     print(format_plan(mg_plan, train_clips))
@@ -265,7 +292,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         preset=args.preset, machine=machine(),
         date=time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime()),
         command=' '.join([Path(sys.argv[0]).name] + (argv if argv is not None else sys.argv[1:])),
-        train_clips=train_clips, settings=preset)
+        train_clips=train_clips, val_clips=val_clips, settings=preset)
     for run in args.runs:
         print(f'training {run} ...', flush=True)
         results[run] = train(run, configs[run], args.work_dir / run, preset['threads'])

@@ -33,12 +33,12 @@ def test_lengths_scale_epochs_milestones_and_warmup() -> None:
 
 def test_every_length_has_both_methods_on_the_same_data_and_seed() -> None:
     args = budget_sweep.parse_args(['--lengths', '2', '1', '4', '--extra-seeds', '7'])
-    runs = budget_sweep.planned_runs(args, speedup.PRESETS['sweep'])
+    runs = budget_sweep.planned_runs(args, speedup.PRESETS['default'])
     keys = [(r['method'], r['schedule'], r['seed']) for r in runs]
     assert keys == [(m, length, seed) for length, seeds in ((1, [0]), (2, [0]), (4, [0, 7]))
                     for seed in seeds for m in ('baseline', 'multigrid')]
     for r in runs:
-        assert r['preset']['dataset'] == speedup.PRESETS['sweep']['dataset']
+        assert r['preset']['dataset'] == speedup.PRESETS['default']['dataset']
         assert r['preset']['schedule']['max_epochs'] == 6 * r['schedule']
     for baseline, multigrid in zip(runs[::2], runs[1::2]):
         b_cfg, b_epochs = budget_sweep.run_config('baseline', baseline['preset'], DATA,
@@ -81,13 +81,6 @@ def test_targets() -> None:
     curve = budget_sweep.check_targets(ahead)['curve']
     assert not curve['met']
     assert [p['schedule'] for p in curve['points'] if p['above'] > 0.01] == [2]
-
-
-def test_multigrid_curve_is_interpolated_and_flat_after_its_end() -> None:
-    points = [(100, 0.5), (300, 0.9)]
-    assert budget_sweep.multigrid_curve_at(points, 50) is None
-    assert budget_sweep.multigrid_curve_at(points, 200) == pytest.approx(0.7)
-    assert budget_sweep.multigrid_curve_at(points, 1000) == 0.9
 
 
 def test_tiny_two_length_sweep(tmp_path: Path) -> None:

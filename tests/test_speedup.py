@@ -68,3 +68,29 @@ def test_summarize_reads_time_data_wait_and_accuracy(tmp_path: Path) -> None:
     assert result['data_wait_share'] == pytest.approx(0.75 / 4.0)
     assert result['data_wait_share_per_shape'] == {'16x4x32': pytest.approx(0.75 / 3.0),
                                                    '8x4x45': 0.0}
+
+
+def test_curve_is_interpolated_and_flat_after_its_end() -> None:
+    points = [(300, 0.9), (100, 0.5)]
+    assert speedup.curve_at(points, 50) is None
+    assert speedup.curve_at(points, 200) == pytest.approx(0.7)
+    assert speedup.curve_at(points, 1000) == 0.9
+
+
+def test_verdict_says_what_was_measured() -> None:
+    results = dict(
+        speedup=3.0, predicted_speedup=3.2, val_clips=1024,
+        baseline=dict(top1=0.80, wall_clock_s=600.0,
+                      validation_curve=[dict(epoch=3, wall_clock_s=300.0, top1=0.40),
+                                        dict(epoch=6, wall_clock_s=600.0, top1=0.80)]),
+        multigrid=dict(top1=0.70, wall_clock_s=200.0,
+                       validation_curve=[dict(epoch=9, wall_clock_s=200.0, top1=0.70)]))
+    text = speedup.verdict(results)
+    assert '3.00x faster' in text and 'predicts 3.20x' in text
+    assert '10.0 points below it (70.0% against 80.0% top-1 on 1024 validation clips)' in text
+    assert 'baseline' in text and 'budget_sweep.py' in text
+    assert 'the baseline was at' not in text  # it had not validated by 200 s
+    results['multigrid'].update(top1=0.795, wall_clock_s=450.0)
+    text = speedup.verdict(results)
+    assert '0.5 points below' in text and 'budget_sweep.py' not in text
+    assert 'the baseline was at 60.0%' in text
