@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 from .lr_curve import STEP_SCHEDULERS, WARMUP_SCHEDULERS, LRCurve, step_milestones
 
@@ -150,17 +150,24 @@ class Segment:
     def mean_batch_size(self) -> float:
         return sum(s.batch_size for s in self.shapes) / len(self.shapes)
 
+    def batches_per_shape(self, samples: int) -> tuple[int, ...]:
+        """Full batches of each entry of ``shapes`` that the short cycle makes from ``samples`` indices.
+
+        The shapes take turns (round-robin); the epoch ends at the first batch that does not fill.
+        """
+        cycle = sum(s.batch_size for s in self.shapes)
+        cycles, left = divmod(samples, cycle) if cycle else (0, 0)
+        counts, fits = [], True
+        for shape in self.shapes:
+            fits = fits and left >= shape.batch_size
+            if fits:
+                left -= shape.batch_size
+            counts.append(cycles + fits)
+        return tuple(counts)
+
     def batches_per_epoch(self, samples: int) -> int:
         """Exact number of full batches the short cycle makes from ``samples`` indices."""
-        cycle = sum(s.batch_size for s in self.shapes)
-        count, left = divmod(samples, cycle) if cycle else (0, 0)
-        count *= len(self.shapes)
-        for shape in self.shapes:
-            if left < shape.batch_size:
-                break
-            left -= shape.batch_size
-            count += 1
-        return count
+        return sum(self.batches_per_shape(samples))
 
 
 @dataclass(frozen=True)
@@ -224,13 +231,35 @@ class MultigridPlan:
     def iterations(self, dataset_length: int) -> tuple[int, int]:
         """Exact (baseline, multigrid) iteration counts for a dataset of ``dataset_length`` clips.
 
-        Each rank gets ``ceil(length / world_size)`` clips (DefaultSampler); the baseline keeps its
-        last partial batch, multigrid drops it.
+        Each rank gets ``ceil(length / world_size)`` clips (DefaultSampler).
         """
-        samples = math.ceil(dataset_length / self.world_size)
+        return self.rank_iterations(math.ceil(dataset_length / self.world_size))
+
+    def rank_iterations(self, samples: int) -> tuple[int, int]:
+        """Exact (baseline, multigrid) iteration counts when each rank uses ``samples`` clips an epoch.
+
+        The baseline keeps its last partial batch, multigrid drops it.
+        """
         baseline = self.baseline_max_epochs * math.ceil(samples / self.base.batch_size)
         multigrid = sum(s.epochs * s.batches_per_epoch(samples) for s in self.segments)
         return baseline, multigrid
+
+    def shape_iterations(self, samples: int) -> dict[GridShape, int]:
+        """Exact iterations at each grid shape over the whole run (order of first use), each rank
+        using ``samples`` clips an epoch."""
+        counts = dict.fromkeys(self.shape_segments(), 0)
+        for segment in self.segments:
+            for shape, batches in zip(segment.shapes, segment.batches_per_shape(samples)):
+                counts[shape] += segment.epochs * batches
+        return counts
+
+    def shape_segments(self) -> dict[GridShape, tuple[Segment, ...]]:
+        """Every grid shape of the plan, in order of first use, with the segments that use it."""
+        uses: dict[GridShape, tuple[Segment, ...]] = {}
+        for segment, shape in shapes_in_use(self):
+            if segment not in uses.get(shape, ()):
+                uses[shape] = uses.get(shape, ()) + (segment, )
+        return uses
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON form printed by ``tools/plan.py --json``."""
@@ -254,6 +283,30 @@ class MultigridPlan:
                                 for g in s.shapes],
             } for s in self.segments],
         }
+
+
+def shapes_in_use(plan: MultigridPlan) -> Iterator[tuple[Segment, GridShape]]:
+    """Every (segment, short-cycle shape) of the plan in training order, repeats included."""
+    for segment in plan.segments:
+        for shape in segment.shapes:
+            yield segment, shape
+
+
+def epoch_ranges(segments: Sequence[Segment]) -> str:
+    """``a-b, c-d``: the segments' epochs (``b`` not included), adjacent ranges merged."""
+    ranges: list[list[int]] = []
+    for segment in segments:
+        if ranges and ranges[-1][1] == segment.epoch_begin:
+            ranges[-1][1] = segment.epoch_end
+        else:
+            ranges.append([segment.epoch_begin, segment.epoch_end])
+    return ', '.join(f'{begin}-{end}' for begin, end in ranges)
+
+
+def describe_use(shape: GridShape, segments: Sequence[Segment]) -> str:
+    """``grid shape (batch B, T=t, S=s) of epochs a-b, c-d``: the shape and the segments' epochs."""
+    return (f'grid shape (batch {shape.batch_size}, T={shape.clip_len}, S={shape.crop_size}) of epochs '
+            f'{epoch_ranges(segments)}')
 
 
 def build_plan(base: BaseShape, options: MultigridOptions, lr_curve: LRCurve, max_epochs: int,
@@ -386,4 +439,5 @@ def _stretched_schedule(shapes: tuple[GridShape, ...], bounds: Sequence[int], ma
     return _keep_last_epoch([(stage, shapes, end, stage) for stage, end in enumerate(ends)])
 
 
-__all__ = ['BaseShape', 'GridShape', 'MultigridOptions', 'MultigridPlan', 'Segment', 'build_plan']
+__all__ = ['BaseShape', 'GridShape', 'MultigridOptions', 'MultigridPlan', 'Segment', 'build_plan',
+           'describe_use', 'epoch_ranges', 'shapes_in_use']

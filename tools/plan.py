@@ -7,7 +7,10 @@ Examples::
     python tools/plan.py CONFIG --gpus 8 --json > plan.json
     python tools/plan.py CONFIG --gpus 8 --plot plan.png --dataset-length 240000
 
-Errors in the config print ``error: ...`` on stderr and exit with status 2.
+Unless ``--no-feature-maps``, the model is built from the config (no weights are loaded) and run on the
+CPU once per grid shape to report the backbone's feature map there; feature maps too small to learn from
+are warned about on stderr (``warning: ...``). Errors in the config print ``error: ...`` on stderr and
+exit with status 2.
 """
 from __future__ import annotations
 
@@ -21,10 +24,15 @@ from typing import Sequence
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))  # run from a checkout
 
 import mmmultigrid  # noqa: E402,F401  (stack fixes and registries before the config is read)
+import torch  # noqa: E402
+from mmaction.registry import MODELS  # noqa: E402
 from mmengine.config import Config, DictAction  # noqa: E402
+from mmengine.registry import init_default_scope  # noqa: E402
 
 from mmmultigrid.baseline import plan_from_config  # noqa: E402
-from mmmultigrid.plan import MultigridPlan  # noqa: E402
+from mmmultigrid.feature_map import (FeatureMap, feature_map_warnings,  # noqa: E402
+                                     format_feature_maps, measure_feature_maps)
+from mmmultigrid.plan import GridShape, MultigridPlan  # noqa: E402
 from mmmultigrid.report import format_plan  # noqa: E402
 
 
@@ -42,10 +50,34 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help='also draw the schedule to this PNG file')
     parser.add_argument('--dataset-length', type=int, metavar='N',
                         help='training clips in the dataset: add exact iteration counts')
+    parser.add_argument('--no-feature-maps', action='store_true',
+                        help="do not build the model to report the backbone's feature map per shape")
     args = parser.parse_args(argv)
     if args.dataset_length is not None and args.dataset_length < 1:
         parser.error(f'--dataset-length must be positive, got {args.dataset_length}')
     return args
+
+
+def build_model(cfg: Config) -> torch.nn.Module:
+    """The config's model on the CPU; ``init_weights`` is not called, so nothing is downloaded."""
+    init_default_scope(cfg.get('default_scope', 'mmaction'))
+    return MODELS.build(cfg.model).cpu()
+
+
+def feature_map_rows(plan: MultigridPlan, maps: dict[GridShape, tuple[FeatureMap, ...]],
+                     samples: int | None) -> list[dict]:
+    """The ``feature_maps`` entries of ``--json``: one per grid shape, in order of first use."""
+    uses = plan.shape_segments()
+    steps = None if samples is None else plan.shape_iterations(samples)
+    rows = []
+    for shape, outputs in maps.items():
+        row = dict(batch_size=shape.batch_size, clip_len=shape.clip_len, crop_size=shape.crop_size,
+                   epochs=[[s.epoch_begin, s.epoch_end] for s in uses[shape]],
+                   feature_maps=[list(size) for size in outputs])
+        if steps is not None:
+            row['steps'] = steps[shape]
+        rows.append(row)
+    return rows
 
 
 def segment_progress(plan: MultigridPlan) -> list[tuple[float, float]]:
@@ -154,7 +186,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, TypeError, FileNotFoundError) as exc:
         print(f'error: {exc}'.replace('\n', ' '), file=sys.stderr)
         return 2
+    maps = None
+    if not args.no_feature_maps:
+        try:
+            maps = measure_feature_maps(build_model(cfg), plan)
+        except (KeyError, TypeError, ValueError, AssertionError, RuntimeError) as exc:
+            print(f'error: the model of the config (model=...) cannot be built or run: {exc}'
+                  .replace('\n', ' '), file=sys.stderr)
+            return 2
     samples = None if args.dataset_length is None else math.ceil(args.dataset_length / args.gpus)
+    warnings = [] if maps is None else feature_map_warnings(plan, maps)
     if args.json:
         data = plan.to_dict()
         if args.dataset_length is not None:
@@ -163,6 +204,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                                       baseline=baseline, multigrid=multigrid)
             for row, s in zip(data['segments'], plan.segments):
                 row['iters_per_epoch'] = s.batches_per_epoch(samples)
+        if maps is not None:
+            data['feature_maps'] = feature_map_rows(plan, maps, samples)
+            data['warnings'] = warnings
         print(json.dumps(data))
     else:
         print(format_plan(plan, samples_per_rank=samples))
@@ -170,6 +214,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             baseline, multigrid = plan.iterations(args.dataset_length)
             print(f'Iterations for {args.dataset_length} clips ({samples} per GPU): baseline '
                   f'{baseline}, multigrid {multigrid} ({baseline / multigrid:.2f}x fewer)')
+        if maps is not None:
+            print(format_feature_maps(plan, maps, samples))
+            if samples is None:
+                print('Optimizer steps per grid shape: give --dataset-length N (training clips)')
+    for warning in warnings:
+        print(f'warning: {warning}', file=sys.stderr)
     if args.plot:
         try:
             plot_plan(plan, args.plot)
