@@ -10,10 +10,12 @@ On CPU the full shapes are far too slow, so by default the crop is scaled by ``-
 rounded to the nearest pixel) and every batch divided by ``--batch-divisor`` (8); T is never scaled. The
 ratios between batches are kept exactly, those between crops up to the rounding (the table shows the
 B*T*S^2 actually run). ``--device cuda`` defaults to full resolution and full per-GPU batch and records
-peak GPU memory per shape. On a loaded CPU machine ``--threads 1`` avoids OpenMP oversubscription.
+peak GPU memory per shape; ``--amp`` (CUDA only) trains as ``tools/train.py --amp`` does, under
+mmengine's ``AmpOptimWrapper`` (float16 autocast, dynamic loss scaling). On a loaded CPU machine
+``--threads 1`` avoids OpenMP oversubscription.
 
     python benchmarks/shape_cost.py --threads 1 --out benchmarks/results/shape_cost_cpu.json
-    python benchmarks/shape_cost.py --device cuda --out shape_cost_cuda.json
+    python benchmarks/shape_cost.py --device cuda [--amp] --out shape_cost_cuda.json
 """
 from __future__ import annotations
 
@@ -74,10 +76,17 @@ def scale_shape(shape: GridShape, scale: float, batch_divisor: int) -> GridShape
     return GridShape(shape.batch_size // batch_divisor, shape.clip_len, crop)
 
 
-def build_model(model_config: str, device: torch.device) -> tuple[torch.nn.Module, OptimWrapper, int]:
-    """The recognizer of ``model_config`` without pretrained weights, its optimizer wrapper, its classes."""
+def build_model(model_config: str, device: torch.device,
+                amp: bool = False) -> tuple[torch.nn.Module, OptimWrapper, int]:
+    """The recognizer of ``model_config`` without pretrained weights, its optimizer wrapper, its classes.
+
+    ``model_config`` is an ``mmaction::`` config or a path relative to the repository. With ``amp`` the
+    optimizer wrapper is the one ``tools/train.py --amp`` configures.
+    """
     register_all_modules()
-    cfg = get_config(model_config)
+    cfg = get_config(model_config) if '::' in model_config else Config.fromfile(str(REPO / model_config))
+    if amp:
+        cfg.optim_wrapper.update(type='AmpOptimWrapper', loss_scale='dynamic')
     cfg.model.backbone.pretrained = None
     if 'pretrained2d' in cfg.model.backbone:
         cfg.model.backbone.pretrained2d = False
@@ -111,7 +120,8 @@ def train_step(model: torch.nn.Module, optim_wrapper: OptimWrapper, batch: tuple
         torch.cuda.reset_peak_memory_stats(device)
     sync(device)
     start = time.perf_counter()
-    losses = model(*batch, mode='loss')
+    with optim_wrapper.optim_context(model):  # autocast with AmpOptimWrapper, as in training
+        losses = model(*batch, mode='loss')
     optim_wrapper.update_params(sum(losses.values()))
     sync(device)
     seconds = time.perf_counter() - start
@@ -141,7 +151,7 @@ def machine_info(device: torch.device) -> dict[str, Any]:
 
 
 def benchmark_model(name: str, device: torch.device, scale: float, batch_divisor: int, warmup: int,
-                    repeats: int) -> dict[str, Any]:
+                    repeats: int, amp: bool = False) -> dict[str, Any]:
     """Every plan shape of model ``name``: iteration time, time and B*T*S^2 relative to the base, clips/s.
 
     The shapes are timed round-robin (``warmup`` untimed rounds, then ``repeats`` timed rounds of one
@@ -150,7 +160,7 @@ def benchmark_model(name: str, device: torch.device, scale: float, batch_divisor
     model_config, multigrid_config = MODEL_CONFIGS[name]
     full, base_shape = plan_shapes(multigrid_config)
     torch.manual_seed(0)
-    model, optim_wrapper, num_classes = build_model(model_config, device)
+    model, optim_wrapper, num_classes = build_model(model_config, device, amp)
     runs = [scale_shape(shape, scale, batch_divisor) for shape in full]
     batches = [make_batch(run, num_classes, device) for run in runs]
     times: list[list[float]] = [[] for _ in runs]
@@ -203,6 +213,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('--models', nargs='+', choices=sorted(MODEL_CONFIGS), default=['i3d', 'slowfast'])
     parser.add_argument('--device', choices=['cpu', 'cuda'], default='cpu')
+    parser.add_argument('--amp', action='store_true',
+                        help="train under mmengine's AmpOptimWrapper, as tools/train.py --amp (CUDA only)")
     parser.add_argument('--scale', type=float, default=None,
                         help='crop scale (default 0.25 on cpu, 1 on cuda)')
     parser.add_argument('--batch-divisor', type=int, default=None,
@@ -220,6 +232,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     if (args.scale <= 0 or args.batch_divisor < 1 or args.warmup < 0 or args.repeats < 1
             or (args.threads is not None and args.threads < 1)):
         parser.error('need --scale > 0, --batch-divisor >= 1, --warmup >= 0, --repeats >= 1, --threads >= 1')
+    if args.amp and args.device != 'cuda':
+        parser.error("--amp needs --device cuda: mmengine's AmpOptimWrapper does not run on CPU")
     return args
 
 
@@ -230,15 +244,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     models = {}
     for name in args.models:
         models[name] = benchmark_model(name, device, args.scale, args.batch_divisor, args.warmup,
-                                       args.repeats)
+                                       args.repeats, args.amp)
         print(format_table(name, models[name]) + '\n', flush=True)
     return {
         'command': 'python benchmarks/shape_cost.py ' + ' '.join(args.argv),
         'date': datetime.datetime.now().astimezone().isoformat(timespec='seconds'),
         'machine': machine_info(device),
-        'settings': {'device': args.device, 'scale': args.scale, 'batch_divisor': args.batch_divisor,
-                     'warmup': args.warmup, 'repeats': args.repeats, 'threads': torch.get_num_threads(),
-                     'world_size': WORLD_SIZE,
+        'settings': {'device': args.device, 'amp': args.amp, 'scale': args.scale,
+                     'batch_divisor': args.batch_divisor, 'warmup': args.warmup, 'repeats': args.repeats,
+                     'threads': torch.get_num_threads(), 'world_size': WORLD_SIZE,
                      'scaled': 'crop x scale (rounded), batch / batch_divisor; T unchanged'},
         'models': models,
         'total_time_s': time.perf_counter() - start,

@@ -40,9 +40,12 @@ class GroupedBatchNorm3d(nn.BatchNorm3d):
         if not self.track_running_stats:
             return F.batch_norm(grouped, None, None, weight, bias, True, 0.0, self.eps).reshape(x.shape)
         # With momentum 1 the fused kernel leaves each group's mean and unbiased variance in these
-        # buffers, so merging them costs no extra pass over the activations.
-        group_mean = x.new_zeros(c * groups)
-        group_var = x.new_zeros(c * groups)
+        # buffers, so merging them costs no extra pass over the activations. They take the running
+        # statistics' dtype, not the input's: under autocast the input is float16/bfloat16 while the
+        # weights and running statistics stay float32, and batch_norm accepts a low-precision input
+        # only when all four are float32 (statistics are then also computed in float32, as in plain BN).
+        group_mean = self.running_mean.new_zeros(c * groups)
+        group_var = self.running_var.new_zeros(c * groups)
         out = F.batch_norm(grouped, group_mean, group_var, weight, bias, True, 1.0, self.eps)
         self._update_running_stats(group_mean.view(groups, c), group_var.view(groups, c),
                                    x.numel() // (c * groups))

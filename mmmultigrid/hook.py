@@ -2,9 +2,11 @@
 
 At ``before_train`` it makes the plan from the config, hands it to ``MultigridSampler``, sets the loop's
 stretched ``max_epochs`` and exact total iterations (so progress and ETA are right), switches batch norm
-to groups of ``bn_base_size`` clips and runs the preflight checks. Every iteration it sets the LR from the
-plan (absolute values: nothing compounds with the config's chainable schedulers, which it overrides) and
-logs the batch's shape. Its state travels in checkpoints, so ``--resume`` continues the same plan.
+to groups of ``bn_base_size`` clips, compiles the backbone for every grid shape when the config sets
+``compile`` (:mod:`mmmultigrid.compile`) and runs the preflight checks. Every iteration it sets the LR
+from the plan (absolute values: nothing compounds with the config's chainable schedulers, which it
+overrides) and logs the batch's shape. Its state travels in checkpoints, so ``--resume`` continues the
+same plan.
 """
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ from mmaction.registry import HOOKS
 
 from .baseline import plan_from_config
 from .batchnorm import use_grouped_batchnorm
+from .compile import compile_backbone
 from .plan import DEFAULT_LONG_CYCLE_FACTORS, DEFAULT_SHORT_CYCLE_FACTORS, MultigridOptions, \
     MultigridPlan
 from .pipeline import ShapeVaryingPipeline
@@ -104,8 +107,14 @@ class MultigridHook(Hook):
                   f'{converted} BatchNorm3d layers use groups of {plan.options.bn_base_size} clips; '
                   'the plan sets the LR (LR entries of param_scheduler are overridden)',
                   logger='current')
+        if runner.cfg.get('compile'):  # before preflight, whose forward passes then compile too
+            vars(runner.model).pop('train_step', None)  # mmengine's compiled one, see compile.py
+            num_shapes = len(plan.shape_segments())
+            print_log('MultigridHook: ' + compile_backbone(model, num_shapes, runner.cfg.compile) +
+                      " (instead of mmengine's compiled train_step)", logger='current')
         if self.preflight:
-            run_preflight(runner, plan, bn_groups=self.grouped_bn)
+            run_preflight(runner, plan, bn_groups=self.grouped_bn,
+                          samples_per_rank=self.sampler.samples_per_rank)
 
     # --- every iteration -------------------------------------------------------------------------------
     def before_train_iter(self, runner, batch_idx: int, data_batch: Any = None) -> None:

@@ -5,29 +5,24 @@ failure names the shape, the epochs of the segment that uses it and the config k
 """
 from __future__ import annotations
 
-from typing import Iterator
+from contextlib import nullcontext
 
 import torch
 from mmengine.logging import print_log
 from mmengine.model import is_model_wrapper
+from mmengine.optim import AmpOptimWrapper, OptimWrapper
 
+from .feature_map import log_feature_maps
 from .pipeline import FINAL_SIZE_KEYS, ShapeVaryingPipeline, transform_name
-from .plan import GridShape, MultigridPlan, Segment
+from .plan import GridShape, MultigridPlan, Segment, describe_use, shapes_in_use
 
 
 class PreflightError(ValueError):
     """A grid shape of the plan cannot run with this model or data."""
 
 
-def shapes_in_use(plan: MultigridPlan) -> Iterator[tuple[Segment, GridShape]]:
-    for segment in plan.segments:
-        for shape in segment.shapes:
-            yield segment, shape
-
-
 def _where(segment: Segment, shape: GridShape) -> str:
-    return (f'grid shape (batch {shape.batch_size}, T={shape.clip_len}, S={shape.crop_size}) of epochs '
-            f'{segment.epoch_begin}-{segment.epoch_end}')
+    return describe_use(shape, [segment])
 
 
 def check_temporal_strides(plan: MultigridPlan, backbone: torch.nn.Module) -> None:
@@ -82,17 +77,21 @@ def _short_side(transform: object) -> int | None:
     return None
 
 
-def forward_backward(module: torch.nn.Module, shape: GridShape, device: torch.device) -> None:
+def forward_backward(module: torch.nn.Module, shape: GridShape, device: torch.device,
+                     optim_wrapper: OptimWrapper | None = None) -> None:
     """One forward/backward of a zero batch of ``shape`` through the recognizer's ``extract_feat``.
 
-    The input is (N, num_crops=1, C, T, H, W), the layout ``Recognizer3D`` takes. The model's buffers
-    (batch-norm running statistics) are restored afterwards and the gradients cleared.
+    The input is (N, num_crops=1, C, T, H, W), the layout ``Recognizer3D`` takes. The forward runs in
+    ``optim_wrapper.optim_context``, as training's does (autocast with ``AmpOptimWrapper``). The model's
+    buffers (batch-norm running statistics) are restored afterwards and the gradients cleared.
     """
     saved = [buffer.detach().clone() for buffer in module.buffers()]
     inputs = torch.zeros(shape.batch_size, 1, 3, shape.clip_len, shape.crop_size, shape.crop_size,
                          device=device)
+    context = optim_wrapper.optim_context(module) if optim_wrapper is not None else nullcontext()
     try:
-        feats = module.extract_feat(inputs)[0]
+        with context:
+            feats = module.extract_feat(inputs)[0]
         sum(f.float().sum() for f in (feats if isinstance(feats, tuple) else (feats, ))).backward()
     finally:
         module.zero_grad(set_to_none=True)
@@ -102,7 +101,10 @@ def forward_backward(module: torch.nn.Module, shape: GridShape, device: torch.de
 
 
 def check_memory(runner, plan: MultigridPlan) -> None:
-    """With CUDA: one forward/backward at the largest-batch and the largest-volume shapes."""
+    """With CUDA: one forward/backward at the largest-batch and the largest-volume shapes.
+
+    It runs with the runner's optimizer wrapper, so under the same autocast as training (``--amp``).
+    """
     model = runner.model
     device = next(model.parameters()).device
     if device.type != 'cuda':
@@ -110,22 +112,33 @@ def check_memory(runner, plan: MultigridPlan) -> None:
     candidates = {max(shapes_in_use(plan), key=lambda p: p[1].batch_size),
                   max(shapes_in_use(plan), key=lambda p: p[1].volume)}
     module = model.module if is_model_wrapper(model) else model
+    optim_wrapper = runner.optim_wrapper
+    precision = (f'under autocast to {optim_wrapper.cast_dtype or torch.get_autocast_dtype("cuda")} '
+                 '(optim_wrapper.type=AmpOptimWrapper, as --amp sets)'
+                 if isinstance(optim_wrapper, AmpOptimWrapper) else 'in float32')
     for segment, shape in candidates:
+        torch.cuda.reset_peak_memory_stats(device)
         try:
-            forward_backward(module, shape, device)
+            forward_backward(module, shape, device, optim_wrapper)
         except torch.cuda.OutOfMemoryError as error:
             raise PreflightError(f'{_where(segment, shape)} runs out of GPU memory ({error}); lower '
                                  'train_dataloader.batch_size or the long-cycle factors') from None
+        except RuntimeError as error:
+            raise PreflightError(f'{_where(segment, shape)} fails in a forward/backward {precision}: '
+                                 f'{error}') from error
         finally:
             torch.cuda.empty_cache()
         print_log(f'preflight: {_where(segment, shape)} fits, peak '
-                  f'{torch.cuda.max_memory_allocated() / 2**30:.1f} GiB', logger='current')
+                  f'{torch.cuda.max_memory_allocated(device) / 2**30:.1f} GiB', logger='current')
 
 
-def run_preflight(runner, plan: MultigridPlan, bn_groups: bool = True) -> None:
+def run_preflight(runner, plan: MultigridPlan, bn_groups: bool = True,
+                  samples_per_rank: int | None = None) -> None:
     """All checks; raises :class:`PreflightError` on the first shape that cannot run.
 
-    ``bn_groups=False`` (``MultigridHook(grouped_bn=False)``) skips the batch-norm group check.
+    ``bn_groups=False`` (``MultigridHook(grouped_bn=False)``) skips the batch-norm group check. The
+    backbone's feature map at every shape is logged, with warnings for those too small to learn from
+    (and the optimizer steps at each shape when ``samples_per_rank``, clips per rank an epoch, is given).
     """
     module = runner.model.module if is_model_wrapper(runner.model) else runner.model
     check_temporal_strides(plan, getattr(module, 'backbone', module))
@@ -134,6 +147,7 @@ def run_preflight(runner, plan: MultigridPlan, bn_groups: bool = True) -> None:
     pipeline = next(t for t in runner.train_dataloader.dataset.pipeline.transforms
                     if isinstance(t, ShapeVaryingPipeline))
     check_crops(plan, pipeline)
+    log_feature_maps(module, plan, samples_per_rank)
     check_memory(runner, plan)
     print_log(f'preflight: {len(set(s for _, s in shapes_in_use(plan)))} grid shapes checked',
               logger='current')

@@ -11,6 +11,8 @@ upstream defect is absent:
   loading stays on); other modules add their own classes with :func:`add_checkpoint_safe_globals`.
 * :func:`patch_pytorch_launcher_for_cpu` -- mmengine's ``pytorch`` launcher calls
   ``torch.cuda.set_device``, which fails on a CPU-only torch.
+* :func:`patch_head_loss_for_bfloat16` -- mmaction2's ``BaseHead.loss_by_feat`` computes top-k accuracy
+  from ``cls_scores.numpy()``, which fails for the bfloat16 scores of bfloat16 autocast.
 
 Used by the tools rather than at import:
 
@@ -49,6 +51,7 @@ def apply() -> None:
     install_drn_stub()
     allow_mmengine_checkpoint_globals()
     patch_pytorch_launcher_for_cpu()
+    patch_head_loss_for_bfloat16()
 
 
 # --------------------------------------------------------------------------- a. DRN stub
@@ -296,3 +299,32 @@ def build_runner(cfg: Any) -> Any:
 
         return RUNNERS.build(cfg)
     return Runner.from_cfg(cfg)
+
+
+# --------------------------------------------------------------------------- e. bfloat16 class scores
+
+
+def patch_head_loss_for_bfloat16() -> bool:
+    """Give mmaction2's ``BaseHead.loss_by_feat`` float32 class scores where they are bfloat16.
+
+    Under bfloat16 autocast (``AmpOptimWrapper(dtype='bfloat16')``, on GPU or CPU) the head's scores are
+    bfloat16, and ``loss_by_feat`` turns them into a numpy array for its top-k accuracy, which fails with
+    ``TypeError: Got unsupported ScalarType BFloat16``. With the wrapper the loss and accuracy are
+    computed from the same scores in float32. Returns whether the wrapper is installed.
+    """
+    import torch
+    from mmaction.models.heads.base import BaseHead
+
+    original = BaseHead.loss_by_feat
+    if getattr(original, '_mmmultigrid_bf16', False):
+        return True
+
+    @functools.wraps(original)
+    def loss_by_feat(self: Any, cls_scores: Any, data_samples: Any) -> dict:
+        if cls_scores.dtype == torch.bfloat16:
+            cls_scores = cls_scores.float()
+        return original(self, cls_scores, data_samples)
+
+    loss_by_feat._mmmultigrid_bf16 = True  # type: ignore[attr-defined]
+    BaseHead.loss_by_feat = loss_by_feat
+    return True

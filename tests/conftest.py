@@ -2,6 +2,7 @@
 from pathlib import Path
 
 import pytest
+import torch
 
 from mmmultigrid.synthetic_videos import SyntheticDataset, make_dataset
 
@@ -29,3 +30,19 @@ def two_rank_dataset(tmp_path_factory: pytest.TempPathFactory) -> SyntheticDatas
     """64 training clips: 32 per rank fill one short cycle of batch-1 multigrid on 2 processes."""
     return make_dataset(tmp_path_factory.mktemp('synthetic64'),
                         **{**SMALL_DATASET, 'train_clips_per_class': 16})
+
+
+@pytest.fixture
+def cpu_amp(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Lets mmengine's ``AmpOptimWrapper`` train with bfloat16 autocast on CPU.
+
+    mmengine 0.10.7 asserts a GPU in its constructor; the rest of it works on CPU: its ``GradScaler``
+    disables itself without CUDA (bfloat16 needs no loss scaling) and its autocast takes the CPU.
+    oneDNN is turned off: with torch 2.13 on this machine's CPU, its bfloat16 Conv3d gives non-finite
+    weight gradients at random (2 runs in 6 of one tiny R3D step) and corrupts the heap where a strided
+    convolution's output is one pixel wide (pytorch/pytorch#169688); torch's own kernels do neither.
+    """
+    from mmengine.optim.optimizer import amp_optimizer_wrapper
+
+    monkeypatch.setattr(amp_optimizer_wrapper, 'is_cuda_available', lambda: True)
+    monkeypatch.setattr(torch.backends.mkldnn, 'enabled', False)

@@ -1,4 +1,5 @@
-"""Running the tools as a user would: subprocesses with a clean environment, tiny configs."""
+"""Running the tools as a user would: subprocesses with a clean environment (or, where a test must patch
+or observe the process, the same Runner in-process), tiny configs."""
 from __future__ import annotations
 
 import os
@@ -6,7 +7,11 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
+from mmengine.config import Config
+
+from mmmultigrid import stack_fixes
 from mmmultigrid.synthetic_videos import SyntheticDataset
 
 REPO = Path(__file__).resolve().parents[1]
@@ -34,6 +39,18 @@ def run(args: list[str], check: bool = True, **env: str) -> subprocess.Completed
 def train(config: Path, work_dir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
     return run([sys.executable, 'tools/train.py', str(config), '--work-dir', str(work_dir), *args],
                check=check)
+
+
+def build_runner_in_process(config: Path, work_dir: Path, options: dict[str, Any]) -> Any:
+    """The Runner that ``tools/train.py config --cfg-options options`` builds, in this process.
+
+    For tests that patch mmengine or read torch's process-wide state (dynamo counters) during training.
+    """
+    cfg = Config.fromfile(str(config))
+    cfg.merge_from_dict(options)
+    cfg.work_dir = str(work_dir)
+    cfg.launcher = 'none'
+    return stack_fixes.build_runner(cfg)
 
 
 def free_port() -> int:

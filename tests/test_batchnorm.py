@@ -77,3 +77,26 @@ def test_conversion_keeps_parameters_buffers_and_state_dict() -> None:
 def test_bad_group_size() -> None:
     with pytest.raises(ValueError, match='bn_base_size'):
         use_grouped_batchnorm(nn.BatchNorm3d(2), 0)
+
+
+@pytest.mark.parametrize('dtype', [torch.bfloat16, torch.float16])
+def test_autocast_matches_plain_bn_per_group_with_float32_statistics(dtype: torch.dtype) -> None:
+    """Under CPU autocast the activations are low precision; BN statistics stay float32."""
+    grouped, plain = pair()
+    conv = nn.Conv3d(3, 4, 1)
+    x = torch.randn(32, 3, 3, 5, 5) * 3 + 1
+    with torch.autocast('cpu', dtype=dtype):
+        h = conv(x)
+        out = grouped(h)
+        by_group = h.view(8, 4, 4, 3, 5, 5)
+        expected = torch.stack([
+            nn.functional.batch_norm(by_group[:, g], None, None, plain.weight, plain.bias, True,
+                                     0.0, plain.eps) for g in range(4)], 1).view_as(h)
+        plain(h)  # the whole batch, for the running statistics
+    assert h.dtype == out.dtype == dtype
+    torch.testing.assert_close(out, expected)  # dtype's default tolerance
+    for name in ('running_mean', 'running_var'):
+        assert getattr(grouped, name).dtype == torch.float32
+        torch.testing.assert_close(getattr(grouped, name), getattr(plain, name))
+    out.float().pow(2).sum().backward()
+    assert grouped.weight.grad.dtype == torch.float32 and grouped.weight.grad.abs().sum() > 0

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 import signal
 import subprocess
@@ -14,8 +15,10 @@ import torch
 from mmengine.config import Config
 
 from mmmultigrid.baseline import plan_from_config
+from mmmultigrid.batchnorm import GroupedBatchNorm3d
 from mmmultigrid.synthetic_videos import SyntheticDataset
-from runs import REPO, clean_env, free_port, run, train, write_tiny_multigrid_config
+from runs import REPO, build_runner_in_process, clean_env, free_port, run, train, \
+    write_tiny_multigrid_config
 
 LR = 0.05  # configs/synthetic_r3d_baseline.py
 
@@ -168,3 +171,25 @@ custom_hooks = []
         assert mg['lr'] == pytest.approx(base['lr'], rel=1e-12)
         assert (mg['batch_size'], mg['clip_len'], mg['crop_size']) == (1, 8, 32)
     assert [r['lr'] for r in logs['baseline'][::24]] == pytest.approx([LR, LR, LR / 10, LR / 100])
+
+
+def test_bf16_autocast_through_the_model_and_hook(cpu_amp: None, synthetic_dataset: SyntheticDataset,
+                                                  tmp_path: Path) -> None:
+    """AmpOptimWrapper with bfloat16 on CPU: every grid shape trains; BN statistics stay float32."""
+    config = write_tiny_multigrid_config(tmp_path / 'amp.py', synthetic_dataset)
+    amp = {'optim_wrapper.type': 'AmpOptimWrapper', 'optim_wrapper.dtype': 'bfloat16'}
+    runner = build_runner_in_process(config, tmp_path / 'work', amp)
+    dtypes: set[torch.dtype] = set()  # of training forwards (start-up also runs eval-mode ones)
+    runner.model.backbone.conv1.conv.register_forward_hook(
+        lambda m, i, out: dtypes.add(out.dtype) if m.training else None)
+    runner.train()
+    plan = plan_from_config(Config.fromfile(config), 1)
+    trace = iterations(read_trace(tmp_path / 'work' / 'multigrid_trace.rank0.jsonl'))
+    assert {(r['batch_size'], r['clip_len'], r['crop_size']) for r in trace} == {
+        (g.batch_size, g.clip_len, g.crop_size) for s in plan.segments for g in s.shapes}
+    assert max(r['batch_size'] for r in trace) > 8  # grouped batch norm has run with several groups
+    assert dtypes == {torch.bfloat16}
+    bns = [m for m in runner.model.modules() if isinstance(m, GroupedBatchNorm3d)]
+    assert bns and all(b.running_var.dtype == torch.float32 and b.running_var.isfinite().all()
+                       for b in bns)
+    assert math.isfinite(runner.message_hub.get_scalar('train/loss').current())

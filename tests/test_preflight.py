@@ -8,10 +8,12 @@ from types import SimpleNamespace
 import pytest
 import torch
 from mmaction.registry import MODELS
+from mmengine.optim import AmpOptimWrapper, OptimWrapper
 from mmengine.registry import init_default_scope
 
 import mmmultigrid  # noqa: F401  (registers the components, repairs the stack)
 from mmmultigrid import preflight
+from mmmultigrid.batchnorm import use_grouped_batchnorm
 from mmmultigrid.lr_curve import parse_lr_schedulers
 from mmmultigrid.pipeline import ShapeVaryingPipeline
 from mmmultigrid.plan import BaseShape, GridShape, MultigridOptions, MultigridPlan, Segment, \
@@ -182,24 +184,70 @@ def test_forward_backward_leaves_the_model_unchanged() -> None:
     assert all(p.grad is None for p in model.parameters())
 
 
+def test_forward_backward_runs_under_the_training_autocast(cpu_amp: None) -> None:
+    """With AmpOptimWrapper the forward is autocast, as in training; grouped BN runs in it."""
+    model = tiny_r3d()
+    use_grouped_batchnorm(model, 8)
+    dtypes: list[torch.dtype] = []
+    model.backbone.conv1.conv.register_forward_hook(lambda m, i, out: dtypes.append(out.dtype))
+    amp = AmpOptimWrapper(optimizer=torch.optim.SGD(model.parameters(), lr=0.1), dtype='bfloat16')
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    forward_backward(model, GridShape(16, 4, 16), torch.device('cpu'), amp)  # two BN groups
+    forward_backward(model, GridShape(16, 4, 16), torch.device('cpu'),
+                     OptimWrapper(optimizer=amp.optimizer))
+    assert dtypes == [torch.bfloat16, torch.float32]
+    assert all(torch.equal(v, before[k]) and v.dtype == before[k].dtype
+               for k, v in model.state_dict().items())
+
+
+def gpu_runner(optim_wrapper: OptimWrapper) -> SimpleNamespace:
+    """A runner whose model claims to be on CUDA (check_memory's forward_backward is patched)."""
+    on_gpu = SimpleNamespace(parameters=lambda: iter([SimpleNamespace(device=torch.device('cuda'))]))
+    return SimpleNamespace(model=on_gpu, optim_wrapper=optim_wrapper)
+
+
 def test_out_of_memory_names_the_largest_batch(monkeypatch: pytest.MonkeyPatch) -> None:
     plan = make_plan()
     tried: list[GridShape] = []
 
-    def out_of_memory(module: torch.nn.Module, shape: GridShape, device: torch.device) -> None:
+    def out_of_memory(module: torch.nn.Module, shape: GridShape, device: torch.device,
+                      optim_wrapper: OptimWrapper) -> None:
         tried.append(shape)
         raise torch.cuda.OutOfMemoryError('CUDA out of memory. Tried to allocate 9.00 GiB')
 
     monkeypatch.setattr(preflight, 'forward_backward', out_of_memory)
-    on_gpu = SimpleNamespace(parameters=lambda: iter([SimpleNamespace(device=torch.device('cuda'))]))
+    monkeypatch.setattr(torch.cuda, 'reset_peak_memory_stats', lambda device=None: None)
     with pytest.raises(PreflightError) as error:
-        check_memory(SimpleNamespace(model=on_gpu), plan)
+        check_memory(gpu_runner(OptimWrapper(optimizer=torch.optim.SGD(tiny_r3d().parameters(),
+                                                                       lr=0.1))), plan)
     assert_names(error, *first_use(plan, lambda g: g is tried[0]), 'runs out of GPU memory',
                  'train_dataloader.batch_size')
     assert tried[0].batch_size == max(g.batch_size for s in plan.segments for g in s.shapes)
     tried.clear()
     check_memory(SimpleNamespace(model=tiny_r3d()), plan)  # a CPU model: no forward at all
     assert not tried
+
+
+def test_failure_under_autocast_names_the_shape_and_the_precision(
+        monkeypatch: pytest.MonkeyPatch, cpu_amp: None) -> None:
+    """An error only autocast raises (issue 13: grouped BN's buffers) stops start-up, shape named."""
+    plan = make_plan()
+    amp = AmpOptimWrapper(optimizer=torch.optim.SGD(tiny_r3d().parameters(), lr=0.1),
+                          dtype='bfloat16')
+    tried: list[GridShape] = []
+
+    def mixed_dtype(module: torch.nn.Module, shape: GridShape, device: torch.device,
+                    optim_wrapper: OptimWrapper) -> None:
+        assert optim_wrapper is amp
+        tried.append(shape)
+        raise RuntimeError('mixed dtype (CPU): expect parameter to have scalar type of Float')
+
+    monkeypatch.setattr(preflight, 'forward_backward', mixed_dtype)
+    monkeypatch.setattr(torch.cuda, 'reset_peak_memory_stats', lambda device=None: None)
+    with pytest.raises(PreflightError) as error:
+        check_memory(gpu_runner(amp), plan)
+    assert_names(error, *first_use(plan, lambda g: g is tried[0]), 'autocast to torch.bfloat16',
+                 'optim_wrapper.type=AmpOptimWrapper', 'mixed dtype')
 
 
 # --- in training: at start-up, before the first iteration; preflight=False skips it ------------------

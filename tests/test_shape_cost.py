@@ -45,3 +45,24 @@ def test_tiny_run_covers_every_plan_shape(shape_cost: ModuleType, tmp_path: Path
         assert {'time_rel', 'min_iteration_time_s', 'min_time_rel'} <= set(row)
         assert 'peak_memory_mib' not in row
     assert [r['time_rel'] for r in result['shapes'] if r['full_shape'] == vars(base)] == [1.0]
+
+
+def test_amp_is_cuda_only_and_trains_under_autocast(shape_cost: ModuleType, cpu_amp: None) -> None:
+    """``--amp`` is refused on CPU; its model trains under AmpOptimWrapper (bfloat16 here)."""
+    import torch
+    from mmengine.optim import AmpOptimWrapper
+
+    from mmmultigrid.plan import GridShape
+
+    with pytest.raises(SystemExit):
+        shape_cost.parse_args(['--amp'])
+    device = torch.device('cpu')
+    model, optim_wrapper, num_classes = shape_cost.build_model(shape_cost.MODEL_CONFIGS['i3d'][0],
+                                                               device, amp=True)
+    assert isinstance(optim_wrapper, AmpOptimWrapper)
+    dtypes = []
+    model.backbone.conv1.conv.register_forward_hook(lambda m, i, out: dtypes.append(out.dtype))
+    seconds, peak = shape_cost.train_step(model, optim_wrapper,
+                                          shape_cost.make_batch(GridShape(2, 8, 32), num_classes, device),
+                                          device)
+    assert seconds > 0 and peak is None and dtypes == [torch.bfloat16]

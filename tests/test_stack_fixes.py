@@ -108,6 +108,10 @@ def test_apply_is_idempotent() -> None:
     assert sys.meta_path == meta_path
     assert torch.serialization.get_safe_globals() == safe_globals
     assert importlib.import_module('mmengine.dist.utils')._init_dist_pytorch is launcher
+    from mmaction.models.heads.base import BaseHead
+    head_loss = BaseHead.loss_by_feat
+    stack_fixes.apply()
+    assert BaseHead.loss_by_feat is head_loss
 
 
 @pytest.mark.parametrize('name', sorted(RECOGNIZERS))
@@ -278,3 +282,19 @@ def test_prepare_cpu_distributed() -> None:
     cfg = Config(dict(launcher='none', env_cfg=dict(dist_cfg=dict(backend='nccl'))))
     assert not stack_fixes.prepare_cpu_distributed(cfg)
     assert cfg.env_cfg.dist_cfg.backend == 'nccl' and 'model_wrapper_cfg' not in cfg
+
+
+# --------------------------------------------------------------------------- e. bfloat16 class scores
+
+
+def test_head_loss_takes_bfloat16_scores() -> None:
+    from mmaction.registry import MODELS
+    from mmaction.structures import ActionDataSample
+
+    head = MODELS.build(dict(type='I3DHead', num_classes=4, in_channels=8))
+    scores = torch.tensor([[4.0, 0, 0, 0], [0, 0, 3.0, 0]])
+    samples = [ActionDataSample().set_gt_label(label) for label in (0, 1)]
+    losses = head.loss_by_feat(scores.bfloat16(), samples)
+    expected = head.loss_by_feat(scores, samples)
+    assert float(losses['top1_acc']) == float(expected['top1_acc']) == 0.5
+    torch.testing.assert_close(losses['loss_cls'], expected['loss_cls'])

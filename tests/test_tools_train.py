@@ -57,6 +57,16 @@ def test_train_resume_and_test(synthetic_dataset: SyntheticDataset, tmp_path: Pa
     assert len(predictions) == len(synthetic_dataset.val_ann.read_text().splitlines())
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason='checks the message of a machine without GPU')
+def test_amp_without_a_gpu_stops_with_a_message(tmp_path: Path) -> None:
+    proc = run([sys.executable, 'tools/train.py', str(CONFIG), '--amp', '--work-dir', str(tmp_path)],
+               check=False)
+    assert proc.returncode != 0
+    assert proc.stderr.strip().splitlines()[-1] == (
+        "ValueError: --amp needs a GPU and none was found: mmengine's AmpOptimWrapper does not run on "
+        'CPU; train without --amp')
+
+
 def test_test_rejects_non_pickle_dump(tmp_path: Path) -> None:
     proc = run([sys.executable, 'tools/test.py', str(CONFIG), 'missing.pth',
                 '--dump', str(tmp_path / 'out.json')], check=False)

@@ -1,8 +1,9 @@
 """Train a recognizer: mmaction2 1.2.0's ``tools/train.py`` with the PyPI stack fixed (mmmultigrid).
 
 Differences from upstream: ``import mmmultigrid`` first (stack fixes and components), ``--seed``,
-``--diff-rank-seed`` and ``--deterministic`` also override a config's own ``randomness``, and on a
-machine without CUDA a distributed run uses gloo (``stack_fixes.prepare_cpu_distributed``).
+``--diff-rank-seed`` and ``--deterministic`` also override a config's own ``randomness``, on a
+machine without CUDA a distributed run uses gloo (``stack_fixes.prepare_cpu_distributed``), and ``--amp``
+without a GPU stops with a message instead of mmengine's assertion.
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))  # run from 
 from mmmultigrid import stack_fixes  # noqa: E402  (must precede anything built from mmaction)
 
 from mmengine.config import Config, DictAction  # noqa: E402
+from mmengine.device import get_device  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -66,6 +68,9 @@ def merge_args(cfg: Config, args: argparse.Namespace) -> Config:
         cfg.work_dir = osp.join('./work_dirs', osp.splitext(osp.basename(args.config))[0])
 
     if args.amp:
+        if get_device() == 'cpu':
+            raise ValueError("--amp needs a GPU and none was found: mmengine's AmpOptimWrapper does not "
+                             'run on CPU; train without --amp')
         optim_wrapper = cfg.optim_wrapper.get('type', 'OptimWrapper')
         if optim_wrapper not in ('OptimWrapper', 'AmpOptimWrapper'):
             raise ValueError(f'--amp does not support optim_wrapper.type={optim_wrapper!r}; '
