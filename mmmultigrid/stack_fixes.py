@@ -9,7 +9,7 @@ upstream defect is absent:
 * :func:`allow_mmengine_checkpoint_globals` -- torch >= 2.6 loads with ``weights_only=True``;
   mmengine checkpoints hold ``HistoryBuffer`` and numpy objects. They are allow-listed (safe
   loading stays on); other modules add their own classes with :func:`add_checkpoint_safe_globals`.
-* :func:`patch_pytorch_launcher_for_cpu` -- mmengine's ``pytorch`` launcher calls
+* :func:`patch_launchers_for_cpu` -- mmengine's ``pytorch`` and ``slurm`` launchers call
   ``torch.cuda.set_device``, which fails on a CPU-only torch.
 * :func:`patch_head_loss_for_bfloat16` -- mmaction2's ``BaseHead.loss_by_feat`` computes top-k accuracy
   from ``cls_scores.numpy()``, which fails for the bfloat16 scores of bfloat16 autocast.
@@ -35,7 +35,7 @@ import importlib.util
 import inspect
 import sys
 import types
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -50,7 +50,7 @@ def apply() -> None:
     """Apply every import-time fix; each is idempotent and a no-op where its defect is absent."""
     install_drn_stub()
     allow_mmengine_checkpoint_globals()
-    patch_pytorch_launcher_for_cpu()
+    patch_launchers_for_cpu()
     patch_head_loss_for_bfloat16()
 
 
@@ -213,7 +213,7 @@ def pkg_resources_hint() -> Iterator[None]:
 
 
 def _cpu_only() -> bool:
-    """Whether no accelerator the mmengine ``pytorch`` launcher knows about is present."""
+    """Whether no accelerator the mmengine launchers know about is present."""
     import torch
     from mmengine.device import is_mlu_available, is_musa_available, is_npu_available
 
@@ -221,23 +221,34 @@ def _cpu_only() -> bool:
                 or is_musa_available())
 
 
-def patch_pytorch_launcher_for_cpu() -> bool:
-    """Make mmengine's ``pytorch`` launcher skip ``torch.cuda.set_device`` on a CPU-only machine.
+# mmengine.dist.utils launchers that end in torch.cuda.set_device(local_rank) + init_process_group
+_CUDA_LAUNCHERS = ('_init_dist_pytorch', '_init_dist_slurm')
 
-    ``mmengine.dist.utils.init_dist`` looks ``_init_dist_pytorch`` up at call time, so wrapping the
-    module attribute suffices. With an accelerator the original runs unchanged. Returns whether the
-    wrapper is installed.
+
+def patch_launchers_for_cpu() -> bool:
+    """Make mmengine's ``pytorch`` and ``slurm`` launchers skip ``torch.cuda.set_device`` without CUDA.
+
+    ``mmengine.dist.utils.init_dist`` looks the launchers up at call time, so wrapping the module
+    attributes suffices. Each still reads its environment (``RANK``/``WORLD_SIZE``, or
+    ``SLURM_PROCID``/``SLURM_NTASKS``/``SLURM_NODELIST``) and sets ``MASTER_ADDR`` etc. as upstream; with
+    an accelerator the originals run unchanged. Returns whether the wrappers are installed.
     """
     import mmengine.dist.utils as dist_utils
 
-    original = dist_utils._init_dist_pytorch
-    if getattr(original, '_mmmultigrid_cpu', False):
-        return True
+    for name in _CUDA_LAUNCHERS:
+        original = getattr(dist_utils, name)
+        if not getattr(original, '_mmmultigrid_cpu', False):
+            setattr(dist_utils, name, _without_cuda_set_device(original))
+    return True
 
-    @functools.wraps(original)
-    def init_dist_pytorch(backend: str, init_backend: str = 'torch', **kwargs: Any) -> None:
+
+def _without_cuda_set_device(launcher: Callable[..., None]) -> Callable[..., None]:
+    """``launcher``, with ``torch.cuda.set_device`` a no-op where there is no accelerator."""
+
+    @functools.wraps(launcher)
+    def cpu_safe_launcher(backend: str, init_backend: str = 'torch', **kwargs: Any) -> None:
         if not _cpu_only():
-            original(backend, init_backend=init_backend, **kwargs)
+            launcher(backend, init_backend=init_backend, **kwargs)
             return
         if backend == 'nccl':
             raise ValueError(
@@ -246,13 +257,17 @@ def patch_pytorch_launcher_for_cpu() -> bool:
         if init_backend != 'torch':
             raise ValueError(f'init_backend={init_backend!r} is not supported without CUDA; '
                              "use init_backend='torch'.")
-        import torch.distributed as torch_dist
+        import torch
 
-        torch_dist.init_process_group(backend=backend, **kwargs)
+        set_device = torch.cuda.set_device
+        torch.cuda.set_device = lambda device: None
+        try:
+            launcher(backend, init_backend=init_backend, **kwargs)
+        finally:
+            torch.cuda.set_device = set_device
 
-    init_dist_pytorch._mmmultigrid_cpu = True  # type: ignore[attr-defined]
-    dist_utils._init_dist_pytorch = init_dist_pytorch
-    return True
+    cpu_safe_launcher._mmmultigrid_cpu = True  # type: ignore[attr-defined]
+    return cpu_safe_launcher
 
 
 def prepare_cpu_distributed(cfg: Any) -> bool:

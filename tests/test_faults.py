@@ -19,7 +19,7 @@ from mmengine.config import Config
 from mmmultigrid.baseline import plan_from_config
 from mmmultigrid.synthetic_videos import SyntheticDataset
 from runs import REPO, clean_env, free_port, run, write_tiny_multigrid_config
-from test_hook import LR, iterations, read_trace
+from test_hook import LR, assert_ranks_agree, iterations, rank_traces, read_trace
 
 # 5 baseline epochs, milestones [3, 4]: 8 multigrid epochs; epochs 2-3 share one long-cycle shape.
 MAX_EPOCHS, MILESTONES = 5, (3, 4)
@@ -60,10 +60,6 @@ def kill_job(launcher: subprocess.Popen) -> None:
     launcher.wait()
 
 
-def traces(work_dir: Path) -> list[list[dict]]:
-    return [read_trace(work_dir / f'multigrid_trace.rank{rank}.jsonl') for rank in (0, 1)]
-
-
 @pytest.fixture(scope='module')
 def uninterrupted(two_rank_dataset: SyntheticDataset,
                   tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
@@ -75,19 +71,18 @@ def uninterrupted(two_rank_dataset: SyntheticDataset,
     return config, root / 'work'
 
 
-def test_uninterrupted_run_follows_the_plan(uninterrupted: tuple[Path, Path]) -> None:
+def test_uninterrupted_run_follows_the_plan(uninterrupted: tuple[Path, Path],
+                                            two_rank_dataset: SyntheticDataset) -> None:
     config, work_dir = uninterrupted
+    assert_ranks_agree(config, work_dir, two_rank_dataset)
     plan = plan_from_config(Config.fromfile(config), 2)
     segment = plan.segment_at(KILL_IN_EPOCH)
     assert segment.epoch_begin < KILL_IN_EPOCH < segment.epoch_end  # the kill is mid-shape
-    rank0, rank1 = traces(work_dir)
-    assert iterations(rank0) == iterations(rank1)
-    for record in iterations(rank0):
+    for record in iterations(rank_traces(work_dir)[0]):
         shape = plan.segment_at(record['epoch']).shapes
         assert (record['batch_size'], record['clip_len'], record['crop_size']) in {
             (g.batch_size, g.clip_len, g.crop_size) for g in shape}
         assert record['lr'] == pytest.approx(LR * plan.segment_at(record['epoch']).lr_factor)
-    assert rank0[-1]['iter'] == plan.iterations(64)[1] == len(iterations(rank0))
 
 
 def test_sigkill_of_both_processes_then_resume(uninterrupted: tuple[Path, Path],
@@ -115,10 +110,10 @@ def test_sigkill_of_both_processes_then_resume(uninterrupted: tuple[Path, Path],
     resumed = run(dist_train(config, work_dir, '--resume'), PORT=str(free_port()),
                   PYTHON=sys.executable)
     assert f'resumed epoch: {KILL_IN_EPOCH}' in resumed.stdout + resumed.stderr
-    expected = traces(expected_dir)
-    for got, want in zip(traces(work_dir), expected):
+    expected = rank_traces(expected_dir)
+    for got, want in zip(rank_traces(work_dir), expected):
         assert iterations(got) == iterations(want)  # shape, LR, epoch and iteration count
-    ends = [trace[-1] for trace in traces(work_dir)]
+    ends = [trace[-1] for trace in rank_traces(work_dir)]
     assert all(end['event'] == 'end' and end['iter'] == expected[0][-1]['iter'] for end in ends)
     assert ends[0]['weights_sha256'] == ends[1]['weights_sha256']  # the ranks still agree
 

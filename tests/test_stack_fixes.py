@@ -5,8 +5,8 @@ import importlib
 import importlib.machinery
 import importlib.util
 import io
+import os
 import pickle
-import socket
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,6 +19,8 @@ from mmengine.logging import HistoryBuffer, MessageHub
 
 import mmmultigrid  # noqa: F401  (applies the fixes)
 from mmmultigrid import stack_fixes
+from jobs import write_fake_slurm
+from runs import free_port
 
 requires_no_cuda = pytest.mark.skipif(torch.cuda.is_available(),
                                       reason='CPU-only code path; CUDA is available here')
@@ -89,25 +91,19 @@ def mmaction_scope() -> Iterator[None]:
         yield
 
 
-def free_port() -> int:
-    """A TCP port that was free a moment ago."""
-    with socket.socket() as sock:
-        sock.bind(('127.0.0.1', 0))
-        return sock.getsockname()[1]
-
-
 # --------------------------------------------------------------------------- a. DRN stub
 
 
 def test_apply_is_idempotent() -> None:
     meta_path = list(sys.meta_path)
     safe_globals = list(torch.serialization.get_safe_globals())
-    launcher = importlib.import_module('mmengine.dist.utils')._init_dist_pytorch
+    dist_utils = importlib.import_module('mmengine.dist.utils')
+    launchers = dist_utils._init_dist_pytorch, dist_utils._init_dist_slurm
     stack_fixes.apply()
     stack_fixes.apply()
     assert sys.meta_path == meta_path
     assert torch.serialization.get_safe_globals() == safe_globals
-    assert importlib.import_module('mmengine.dist.utils')._init_dist_pytorch is launcher
+    assert (dist_utils._init_dist_pytorch, dist_utils._init_dist_slurm) == launchers
     from mmaction.models.heads.base import BaseHead
     head_loss = BaseHead.loss_by_feat
     stack_fixes.apply()
@@ -259,6 +255,36 @@ def test_pytorch_launcher_on_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
         assert torch.distributed.get_world_size() == 1
     finally:
         torch.distributed.destroy_process_group()
+
+
+@requires_no_cuda
+def test_slurm_launcher_on_cpu(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """As srun starts it: rank, world size and master address from ``SLURM_*`` (``scontrol`` on PATH)."""
+    from mmengine.dist import init_dist
+
+    # unset, but recorded by monkeypatch, so that what the launcher sets is undone afterwards
+    for key in ('RANK', 'WORLD_SIZE', 'LOCAL_RANK', 'MASTER_ADDR'):
+        monkeypatch.setenv(key, '')
+        monkeypatch.delenv(key)
+    bin_dir = write_fake_slurm(tmp_path / 'bin')
+    for key, value in dict(SLURM_PROCID='0', SLURM_LOCALID='0', SLURM_NTASKS='1',
+                           SLURM_NODELIST='127.0.0.1,127.0.0.2', MASTER_PORT=str(free_port()),
+                           PATH=f'{bin_dir}:{os.environ["PATH"]}').items():
+        monkeypatch.setenv(key, value)
+    set_device = torch.cuda.set_device
+    with pytest.raises(ValueError, match="init_backend='deepspeed' is not supported without CUDA"):
+        init_dist('slurm', backend='gloo', init_backend='deepspeed')
+    init_dist('slurm', backend='gloo')
+    try:
+        assert torch.distributed.get_backend() == 'gloo'
+        assert (torch.distributed.get_rank(), torch.distributed.get_world_size()) == (0, 1)
+        assert os.environ['MASTER_ADDR'] == '127.0.0.1'  # the first host of SLURM_NODELIST
+        assert torch.cuda.set_device is set_device
+    finally:
+        torch.distributed.destroy_process_group()
+    monkeypatch.setattr(stack_fixes, '_cpu_only', lambda: False)  # mmengine's own launcher then
+    with pytest.raises(AttributeError, match='_cuda_setDevice'):
+        init_dist('slurm', backend='gloo')
 
 
 @requires_no_cuda
