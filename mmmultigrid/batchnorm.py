@@ -2,37 +2,103 @@
 
 Multigrid multiplies the batch by up to 16; computing BN statistics over the whole batch would change the
 model's behaviour with the shape. As in the method, the batch is normalised in groups of
-``bn_base_size`` clips. The running statistics are updated with the merged statistics of the groups (mean
-of means; mean of variances plus variance of the means, i.e. the whole batch's), so the standard BN
-buffers always hold plain BN statistics: validation, checkpoints and ``tools/test.py`` see an ordinary
-``BatchNorm3d``. The conversion swaps the class of existing modules in place: parameters, buffers, the
-optimizer and a DDP wrapper are untouched, and ``isinstance(m, nn.BatchNorm3d)`` still holds.
+``bn_base_size`` clips: a larger per-GPU batch splits into local groups, a smaller one joins the batches
+of ``bn_base_size / batch`` neighbouring ranks (statistics all-reduced within the group, as sync BN
+does). The running statistics are updated with the merged statistics of the groups (mean of means; mean
+of variances plus variance of the means, i.e. the whole batch's), so the standard BN buffers always hold
+plain BN statistics: validation, checkpoints and ``tools/test.py`` see an ordinary ``BatchNorm3d``. The
+conversion swaps the class of existing modules in place: parameters, buffers, the optimizer and a DDP
+wrapper are untouched, and ``isinstance(m, nn.BatchNorm3d)`` still holds.
 """
 from __future__ import annotations
 
+from typing import Any
+
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
+
+
+def ranks_per_group(batch: int, group_size: int, world_size: int) -> int:
+    """Neighbouring ranks whose batches of ``batch`` clips form one statistics group of ``group_size``.
+
+    ``group_size // batch`` where ``batch`` is below ``group_size``, divides it, and the quotient divides
+    ``world_size``; otherwise 1 (the group stays in the process).
+    """
+    if batch < group_size and group_size % batch == 0 and world_size % (group_size // batch) == 0:
+        return group_size // batch
+    return 1
+
+
+def describe_groups(batch: int, group_size: int, world_size: int) -> str:
+    """How a training batch of ``batch`` clips per process is normalised, in words."""
+    if batch > group_size and batch % group_size == 0:
+        return f'{batch // group_size} groups of {group_size} in each process'
+    ranks = ranks_per_group(batch, group_size, world_size)
+    if ranks > 1:
+        return f'groups of {group_size} over {ranks} neighbouring ranks'
+    return f'one group of {batch} in each process'
+
+
+_neighbour_groups: dict[int, tuple[Any, Any]] = {}  # ranks per group -> (WORLD it was made in, group)
+
+
+def neighbour_group(ranks: int) -> Any:
+    """This process's group of ``ranks`` neighbouring ranks (``[0, ranks)``, ``[ranks, 2 ranks)``, ...).
+
+    The first call for ``ranks`` makes all the groups, which every rank must do at the same point (it
+    does: every rank has the same batch shape at each iteration); later calls reuse them.
+    """
+    world = dist.group.WORLD
+    cached = _neighbour_groups.get(ranks)
+    if cached is None or cached[0] is not world:
+        groups = [dist.new_group(list(range(first, first + ranks)))
+                  for first in range(0, dist.get_world_size(), ranks)]
+        cached = _neighbour_groups[ranks] = (world, groups[dist.get_rank() // ranks])
+    return cached[1]
+
+
+class _GroupSum(torch.autograd.Function):
+    """All-reduce (sum) within a process group; the gradient is summed within the group too."""
+
+    @staticmethod
+    def forward(ctx: Any, tensor: torch.Tensor, group: Any) -> torch.Tensor:
+        ctx.group = group
+        total = tensor.clone(memory_format=torch.contiguous_format)
+        dist.all_reduce(total, group=group)
+        return total
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        total = grad.clone(memory_format=torch.contiguous_format)
+        dist.all_reduce(total, group=ctx.group)
+        return total, None
 
 
 class GroupedBatchNorm3d(nn.BatchNorm3d):
     """``BatchNorm3d`` whose training statistics come from groups of ``group_size`` samples.
 
     A batch of N samples forms ``N // group_size`` groups when N is a multiple of ``group_size`` above
-    it (samples ``g, g + k, g + 2k, ...`` form group ``g``); otherwise the whole batch is one group.
+    it (samples ``g, g + k, g + 2k, ...`` form group ``g``). A batch below ``group_size`` that divides it
+    joins the batches of ``group_size // N`` neighbouring ranks, when that number divides the world size
+    (:func:`ranks_per_group`). Otherwise the whole batch is one group.
     """
 
     group_size: int = 8
 
-    def num_groups(self, batch: int) -> int:
-        if batch > self.group_size and batch % self.group_size == 0:
-            return batch // self.group_size
-        return 1
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        groups = self.num_groups(x.shape[0]) if self.training else 1
-        if groups == 1:
-            return super().forward(x)
+        if self.training:
+            n = x.shape[0]
+            if n > self.group_size and n % self.group_size == 0:
+                return self._local_groups_forward(x, n // self.group_size)
+            if n < self.group_size and dist.is_available() and dist.is_initialized():
+                ranks = ranks_per_group(n, self.group_size, dist.get_world_size())
+                if ranks > 1:
+                    return self._cross_rank_forward(x, ranks)
+        return super().forward(x)
+
+    def _local_groups_forward(self, x: torch.Tensor, groups: int) -> torch.Tensor:
         n, c = x.shape[:2]
         grouped = x.reshape(n // groups, c * groups, *x.shape[2:])
         weight = self.weight.repeat(groups) if self.weight is not None else None
@@ -51,6 +117,36 @@ class GroupedBatchNorm3d(nn.BatchNorm3d):
                                    x.numel() // (c * groups))
         return out.reshape(x.shape)
 
+    def _cross_rank_forward(self, x: torch.Tensor, ranks: int) -> torch.Tensor:
+        """Normalise with the statistics of the group's ``ranks`` batches (equal sizes on all ranks).
+
+        One all-reduce carries every rank's per-channel mean and variance (each rank fills its own
+        slot), so they merge exactly (law of total variance) with no cancellation; its backward sums the
+        gradients of the statistics over the group, which makes input gradients those of BN over the
+        union. Statistics are float32 for float16/bfloat16 inputs, as in plain BN under autocast.
+        """
+        c = x.shape[1]
+        stats_x = x.to(torch.promote_types(x.dtype, torch.float32))
+        var, mean = torch.var_mean(stats_x, dim=[0, *range(2, x.dim())], correction=0)
+        slot = dist.get_rank() % ranks
+        local = torch.stack([mean, var])[None]
+        slots = torch.cat([local.new_zeros(slot, 2, c), local, local.new_zeros(ranks - 1 - slot, 2, c)])
+        means, variances = _GroupSum.apply(slots, neighbour_group(ranks)).unbind(1)
+        mean = means.mean(0)
+        var = variances.mean(0) + (means - mean).pow(2).mean(0)
+        scale = torch.rsqrt(var + self.eps)
+        if self.weight is not None:
+            scale = scale * self.weight
+        shift = -mean * scale
+        if self.bias is not None:
+            shift = shift + self.bias
+        view = (1, c) + (1, ) * (x.dim() - 2)
+        out = torch.addcmul(shift.view(view), stats_x, scale.view(view)).to(x.dtype)
+        if self.track_running_stats:
+            count = ranks * x.numel() // c
+            self._update_ema(mean.detach(), var.detach() * (count / (count - 1)))
+        return out
+
     @torch.no_grad()
     def _update_running_stats(self, group_mean: torch.Tensor, group_var: torch.Tensor,
                               group_count: int) -> None:
@@ -60,6 +156,11 @@ class GroupedBatchNorm3d(nn.BatchNorm3d):
         spread = ((group_mean - mean)**2).sum(0)
         var = ((group_count - 1) * group_var.sum(0) + group_count * spread) / (
             groups * group_count - 1)
+        self._update_ema(mean, var)
+
+    @torch.no_grad()
+    def _update_ema(self, mean: torch.Tensor, var: torch.Tensor) -> None:
+        """Move the running statistics towards the batch's ``mean`` and unbiased ``var``."""
         self.num_batches_tracked += 1
         momentum = (1.0 / float(self.num_batches_tracked)
                     if self.momentum is None else self.momentum)

@@ -2,16 +2,21 @@
 
 At ``before_train`` it makes the plan from the config, hands it to ``MultigridSampler``, sets the loop's
 stretched ``max_epochs`` and exact total iterations (so progress and ETA are right), switches batch norm
-to groups of ``bn_base_size`` clips, compiles the backbone for every grid shape when the config sets
-``compile`` (:mod:`mmmultigrid.compile`) and runs the preflight checks. Every iteration it sets the LR
-from the plan (absolute values: nothing compounds with the config's chainable schedulers, which it
-overrides) and logs the batch's shape. Its state travels in checkpoints, so ``--resume`` continues the
-same plan.
+to groups of ``bn_base_size`` clips (logging how each batch size is grouped), compiles the backbone for
+every grid shape when the config sets ``compile`` (:mod:`mmmultigrid.compile`) and runs the preflight
+checks. Every iteration it sets the LR from the plan (absolute values: nothing compounds with the
+config's chainable schedulers, which it overrides) and logs the batch's shape. With ``precise_bn``, it
+recomputes the BN statistics at the base shape before each validation and at the end
+(:mod:`mmmultigrid.precise_bn`). Its state travels in checkpoints, so ``--resume`` continues the same
+plan.
 """
 from __future__ import annotations
 
+import bisect
 import hashlib
 import json
+import logging
+import time
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -22,11 +27,12 @@ from mmengine.model import is_model_wrapper
 from mmaction.registry import HOOKS
 
 from .baseline import plan_from_config
-from .batchnorm import use_grouped_batchnorm
+from .batchnorm import describe_groups, neighbour_group, ranks_per_group, use_grouped_batchnorm
 from .compile import compile_backbone
 from .plan import DEFAULT_LONG_CYCLE_FACTORS, DEFAULT_SHORT_CYCLE_FACTORS, MultigridOptions, \
     MultigridPlan
 from .pipeline import ShapeVaryingPipeline
+from .precise_bn import grid_loader, update_bn_stats
 from .preflight import run_preflight
 from .report import format_plan
 from .sampler import MultigridSampler
@@ -42,6 +48,8 @@ class MultigridHook(Hook):
         long_cycle, short_cycle, long_cycle_factors, short_cycle_factors, epoch_factor, bn_base_size,
             cycle_milestones: The method's options, see :class:`~mmmultigrid.plan.MultigridOptions`.
         grouped_bn: Compute BN statistics over groups of ``bn_base_size`` clips.
+        precise_bn: Batches (at the base shape) from which BN statistics are recomputed after each
+            epoch that a validation follows and after the last; 0 turns it off.
         preflight: Check every grid shape against the model and data before the first iteration.
         trace: Append one JSON line per iteration (epoch, iter, batch_size, clip_len, crop_size, lr)
             to ``<work_dir>/multigrid_trace.rank<R>.jsonl`` on every rank, and at the end of training
@@ -61,13 +69,21 @@ class MultigridHook(Hook):
                  cycle_milestones: Sequence[int] | None = None,
                  grouped_bn: bool = True,
                  preflight: bool = True,
-                 trace: bool = False) -> None:
+                 trace: bool = False,
+                 precise_bn: int = 0) -> None:
         self.options = MultigridOptions(long_cycle, short_cycle, long_cycle_factors,
                                         short_cycle_factors, epoch_factor, bn_base_size,
                                         cycle_milestones)
         self.grouped_bn = grouped_bn
         self.preflight = preflight
         self.trace = trace
+        if isinstance(precise_bn, bool) or not isinstance(precise_bn, int):
+            raise TypeError('MultigridHook.precise_bn must be an int (batches; 0 turns it off), '
+                            f'got {precise_bn!r}')
+        if precise_bn < 0:
+            raise ValueError(f'MultigridHook.precise_bn must be >= 0 (batches; 0 turns it off), '
+                             f'got {precise_bn!r}')
+        self.precise_bn = precise_bn
         self.plan: MultigridPlan | None = None
         self.sampler: MultigridSampler | None = None
         self.epoch_starts: list[int] = []
@@ -107,6 +123,8 @@ class MultigridHook(Hook):
                   f'{converted} BatchNorm3d layers use groups of {plan.options.bn_base_size} clips; '
                   'the plan sets the LR (LR entries of param_scheduler are overridden)',
                   logger='current')
+        if converted:
+            make_bn_groups(plan)
         if runner.cfg.get('compile'):  # before preflight, whose forward passes then compile too
             vars(runner.model).pop('train_step', None)  # mmengine's compiled one, see compile.py
             num_shapes = len(plan.shape_segments())
@@ -133,6 +151,29 @@ class MultigridHook(Hook):
         if self.trace:
             self.write_trace(runner, dict(epoch=runner.epoch, iter=runner.iter, batch_size=planned[0],
                                           clip_len=planned[1], crop_size=planned[2], lr=lr))
+
+    # --- precise batch norm ----------------------------------------------------------------------------
+    def after_train_epoch(self, runner) -> None:
+        # Before CheckpointHook and the validation: both see the recomputed statistics.
+        if self.precise_bn and (runner.epoch + 1 == runner.max_epochs or validates_after_epoch(runner)):
+            self.recompute_bn_stats(runner)
+
+    def recompute_bn_stats(self, runner) -> None:
+        """Precise BN: statistics from ``precise_bn`` training batches at the base shape (the last
+        segment's long-cycle shape, the one validation and test run at)."""
+        shape = self.plan.segments[-1].long_shape
+        num_batches = min(self.precise_bn, self.sampler.samples_per_rank // shape.batch_size)
+        loader = grid_loader(runner.train_dataloader, self.sampler.sampler, shape, num_batches)
+        model = runner.model.module if is_model_wrapper(runner.model) else runner.model
+        start = time.perf_counter()
+        # The training forward (mode 'loss'), but without batch blending (mixup/cutmix).
+        layers, count = update_bn_stats(
+            model, loader, lambda batch: model._run_forward(model.data_preprocessor(batch, False),
+                                                            mode='loss'))
+        print_log(f'MultigridHook: precise BN: running statistics of {len(layers)} BN layers '
+                  f'recomputed from {count} batches of {shape.batch_size} x {shape.clip_len} x '
+                  f'{shape.crop_size}px per GPU, averaged over {get_world_size()} GPU(s) '
+                  f'({time.perf_counter() - start:.1f} s)', logger='current')
 
     def after_train(self, runner) -> None:
         if self.trace:  # lets a test or a person check that every rank ends with the same weights
@@ -169,6 +210,38 @@ class MultigridHook(Hook):
 def json_round_trip(plan: MultigridPlan) -> dict:
     """The plan as plain JSON data (tuples become lists), for checkpoints and comparison."""
     return json.loads(json.dumps(plan.to_dict()))
+
+
+def make_bn_groups(plan: MultigridPlan) -> None:
+    """Make the process groups of grouped batch norm and log how each batch size of the plan is grouped
+    (a warning where groups are smaller than ``bn_base_size``).
+
+    Every rank makes all groups here, in the same order, outside any compiled graph (dynamo cannot trace
+    ``new_group``).
+    """
+    size, world = plan.options.bn_base_size, plan.world_size
+    batches = sorted({shape.batch_size for shape in plan.shape_segments()}, reverse=True)
+    for ranks in sorted({ranks_per_group(b, size, world) for b in batches} - {1}):
+        neighbour_group(ranks)
+    print_log('MultigridHook: batch norm groups: ' + '; '.join(
+        f'batch {b}: {describe_groups(b, size, world)}' for b in batches), logger='current')
+    small = [b for b in batches if b < size and ranks_per_group(b, size, world) == 1]
+    if small:
+        print_log(f'MultigridHook: batches {small} per GPU normalise fewer than bn_base_size={size} '
+                  'clips: groups across GPUs need the batch to divide bn_base_size and bn_base_size / '
+                  f'batch to divide the number of GPUs ({world}); change MultigridHook.bn_base_size, '
+                  'train_dataloader.batch_size or the number of GPUs', logger='current',
+                  level=logging.WARNING)
+
+
+def validates_after_epoch(runner) -> bool:
+    """Whether ``EpochBasedTrainLoop.run`` validates after the epoch now ending (its condition)."""
+    loop = runner.train_loop
+    done = runner.epoch + 1
+    # The loop picks the interval with bisect(milestones, epoch + 1) after counting the epoch done.
+    interval = loop.dynamic_intervals[bisect.bisect(loop.dynamic_milestones, done + 1) - 1]
+    return runner.val_loop is not None and done >= loop.val_begin and (
+        done % interval == 0 or done == loop.max_epochs)
 
 
 def find_sampler(runner) -> MultigridSampler:

@@ -39,6 +39,23 @@ def iterations(trace: list[dict]) -> list[dict]:
     return [r for r in trace if 'event' not in r]
 
 
+def rank_traces(work_dir: Path, world_size: int = 2) -> list[list[dict]]:
+    """The trace of every rank of a run in ``work_dir``."""
+    return [read_trace(work_dir / f'multigrid_trace.rank{rank}.jsonl') for rank in range(world_size)]
+
+
+def assert_ranks_agree(config: Path, work_dir: Path, dataset: SyntheticDataset) -> None:
+    """Both ranks of a 2-process run on ``dataset``: identical traces (shape, LR, epoch, iteration and
+    the final weights' hash) and the plan's iteration count."""
+    traces = rank_traces(work_dir)
+    assert traces[0] == traces[1]
+    end = traces[0][-1]
+    assert end['event'] == 'end' and end['iter'] == len(iterations(traces[0])) > 0
+    plan = plan_from_config(Config.fromfile(config), 2)
+    _, planned_iterations = plan.iterations(len(dataset.train_ann.read_text().splitlines()))
+    assert end['iter'] == planned_iterations
+
+
 @pytest.fixture(scope='module')
 def uninterrupted(synthetic_dataset: SyntheticDataset, tmp_path_factory) -> tuple[Path, Path]:
     """One full tiny multigrid run with validation: (config, work_dir)."""
@@ -138,13 +155,7 @@ def test_two_processes_agree(two_rank_dataset: SyntheticDataset, tmp_path: Path)
     work_dir = tmp_path / 'work'
     run(['bash', 'tools/dist_train.sh', str(config), '2', '--work-dir', str(work_dir)],
         PORT=str(free_port()), PYTHON=sys.executable)
-    traces = [read_trace(work_dir / f'multigrid_trace.rank{r}.jsonl') for r in (0, 1)]
-    assert traces[0] == traces[1]
-    end = traces[0][-1]
-    assert end['event'] == 'end' and end['iter'] == len(iterations(traces[0])) > 0
-    plan = plan_from_config(Config.fromfile(config), 2)
-    _, planned_iterations = plan.iterations(len(two_rank_dataset.train_ann.read_text().splitlines()))
-    assert end['iter'] == planned_iterations
+    assert_ranks_agree(config, work_dir, two_rank_dataset)
 
 
 def test_both_cycles_off_reproduce_the_baseline(synthetic_dataset: SyntheticDataset,
