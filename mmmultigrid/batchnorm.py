@@ -92,7 +92,8 @@ class GroupedBatchNorm3d(nn.BatchNorm3d):
             n = x.shape[0]
             if n > self.group_size and n % self.group_size == 0:
                 return self._local_groups_forward(x, n // self.group_size)
-            if n < self.group_size and dist.is_available() and dist.is_initialized():
+            # distributed first: a single process then adds no guard on n (torch.compile graphs)
+            if dist.is_available() and dist.is_initialized() and n < self.group_size:
                 ranks = ranks_per_group(n, self.group_size, dist.get_world_size())
                 if ranks > 1:
                     return self._cross_rank_forward(x, ranks)
