@@ -49,25 +49,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument('--work-dir', type=Path, default=speedup.REPO / 'work_dirs' / 'budget_sweep')
     parser.add_argument('--out', type=Path, help='JSON results (default: WORK_DIR/budget_sweep.json)')
     parser.add_argument('--plot', type=Path, help='PNG (default: next to --out)')
-    parser.add_argument('--data-root', type=Path,
-                        help='video folder of a VideoDataset (default: the synthetic dataset)')
-    parser.add_argument('--ann-file', type=Path, help='train annotation file (with --data-root)')
-    parser.add_argument('--val-ann-file', type=Path, help='val annotation file (with --data-root)')
-    parser.add_argument('--num-classes', type=int, help='number of classes (with --data-root)')
-    parser.add_argument('--synthetic-root', type=Path,
-                        help='where the synthetic dataset of the preset is generated '
-                        '(default: data/synthetic-<preset>)')
+    speedup.add_data_arguments(parser)
     args = parser.parse_args(argv)
     if any(length <= 0 for length in args.lengths) or len(set(args.lengths)) != len(args.lengths):
         parser.error(f'--lengths must be distinct positive factors, got {args.lengths}')
     if args.validations < 1:
         parser.error(f'--validations must be >= 1, got {args.validations}')
     args.lengths = sorted(args.lengths)
-    custom = (args.data_root, args.ann_file, args.val_ann_file, args.num_classes)
-    if any(v is not None for v in custom) and not all(v is not None for v in custom):
-        parser.error('--data-root, --ann-file, --val-ann-file and --num-classes go together')
-    args.own_synthetic_root = args.synthetic_root is None
-    args.synthetic_root = args.synthetic_root or speedup.REPO / 'data' / f'synthetic-{args.preset}'
+    speedup.check_data_arguments(parser, args)
     args.out = args.out or args.work_dir / 'budget_sweep.json'
     args.plot = args.plot or args.out.with_suffix('.png')
     return args

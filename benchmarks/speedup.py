@@ -76,6 +76,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument('--work-dir', type=Path, default=REPO / 'work_dirs' / 'speedup')
     parser.add_argument('--out', type=Path, help='JSON results (default: WORK_DIR/speedup.json)')
     parser.add_argument('--plot', type=Path, help='PNG (default: next to --out)')
+    add_data_arguments(parser)
+    parser.add_argument('--runs', nargs='+', choices=sorted(CONFIGS), default=['baseline', 'multigrid'])
+    args = parser.parse_args(argv)
+    check_data_arguments(parser, args)
+    args.out = args.out or args.work_dir / 'speedup.json'
+    args.plot = args.plot or args.out.with_suffix('.png')
+    return args
+
+
+def add_data_arguments(parser: argparse.ArgumentParser) -> None:
+    """The data options: any mmaction2 ``VideoDataset``, or the synthetic dataset of the preset."""
     parser.add_argument('--data-root', type=Path,
                         help='video folder of a VideoDataset (default: the synthetic dataset)')
     parser.add_argument('--ann-file', type=Path, help='train annotation file (with --data-root)')
@@ -84,17 +95,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument('--synthetic-root', type=Path,
                         help='where the synthetic dataset of the preset is generated '
                         '(default: data/synthetic-<preset>)')
-    parser.add_argument('--runs', nargs='+', choices=sorted(CONFIGS), default=['baseline', 'multigrid'])
-    args = parser.parse_args(argv)
+
+
+def check_data_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Refuse a partial custom dataset; set the synthetic root (``args.preset`` names its default)."""
     custom = (args.data_root, args.ann_file, args.val_ann_file, args.num_classes)
     if any(v is not None for v in custom) and not all(v is not None for v in custom):
         parser.error('--data-root, --ann-file, --val-ann-file and --num-classes go together')
     # The default folder belongs to the benchmark: it is regenerated when its parameters change.
     args.own_synthetic_root = args.synthetic_root is None
     args.synthetic_root = args.synthetic_root or REPO / 'data' / f'synthetic-{args.preset}'
-    args.out = args.out or args.work_dir / 'speedup.json'
-    args.plot = args.plot or args.out.with_suffix('.png')
-    return args
 
 
 def dataset_paths(args: argparse.Namespace, preset: dict) -> dict[str, Any]:
