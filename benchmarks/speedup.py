@@ -265,7 +265,7 @@ def verdict(results: dict[str, Any]) -> str:
                      f'was at {100 * level:.1f}% (its validation curve, interpolated).')
     if gap < -1:
         lines.append('A run this short does not show accuracy parity; benchmarks/budget_sweep.py '
-                     'compares both methods at converged schedule lengths (README, Measured results).')
+                     'compares both methods at several schedule lengths (README, Measured results).')
     return '\n'.join(lines)
 
 
