@@ -12,9 +12,10 @@ from .batchnorm import GroupedBatchNorm3d, use_grouped_batchnorm  # noqa: E402
 from .hook import MultigridHook  # noqa: E402
 from .pipeline import ShapeVaryingPipeline  # noqa: E402
 from .plan import BaseShape, GridShape, MultigridOptions, MultigridPlan, build_plan  # noqa: E402
+from .rawframes import ScaledRawFrameDecode  # noqa: E402
 from .sampler import GridIndex, MultigridSampler  # noqa: E402
 
 __version__ = '0.1.0'
 __all__ = ['BaseShape', 'GridIndex', 'GridShape', 'GroupedBatchNorm3d', 'MultigridHook',
-           'MultigridOptions', 'MultigridPlan', 'MultigridSampler', 'ShapeVaryingPipeline',
-           'build_plan', 'use_grouped_batchnorm']
+           'MultigridOptions', 'MultigridPlan', 'MultigridSampler', 'ScaledRawFrameDecode',
+           'ShapeVaryingPipeline', 'build_plan', 'use_grouped_batchnorm']

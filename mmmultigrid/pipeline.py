@@ -6,6 +6,7 @@ builds, once per worker, a copy whose ``SampleFrames`` and final crop/resize are
 from __future__ import annotations
 
 import logging
+import math
 import os
 import struct
 from dataclasses import dataclass
@@ -24,6 +25,8 @@ SAMPLERS = ('SampleFrames', 'DenseSampleFrames')
 FINAL_SIZE_KEYS = {'Resize': 'scale', 'RandomCrop': 'size', 'CenterCrop': 'crop_size'}
 #: Short-side scale jitter ranges whose lower bound follows the crop (the reference rule).
 JITTER_KEYS = {'RandomRescale': 'scale_range'}
+#: Decoders that take the smallest short side the transforms after them need (``short_side``).
+SCALED_DECODERS = ('ScaledRawFrameDecode',)
 
 
 def transform_name(cfg: dict) -> str:
@@ -128,11 +131,43 @@ def check_container(path: str) -> None:
                 pos += box
 
 
+def _resized_short_side(cfg: dict) -> int | None:
+    """The short side a short-side resize produces at most (``Resize(scale=(-1, R))``, the top of
+    ``RandomRescale``'s range), or None for any other transform."""
+    name = transform_name(cfg)
+    if name == 'RandomRescale':
+        return int(max(cfg['scale_range']))
+    scale = cfg.get('scale')
+    if (name == 'Resize' and cfg.get('keep_ratio', True) and isinstance(scale, (tuple, list))
+            and len(scale) == 2 and -1 in scale):
+        return int(max(scale))
+    return None
+
+
+def needed_short_side(transforms: Sequence[dict], base: PipelineShape, crop_size: int) -> int | None:
+    """The smallest short side a decoded frame needs for crops of ``crop_size``, or None (full size).
+
+    It is the short side of the first short-side resize after the frame sampler, times S/S0 when the
+    final transform resizes the crop to S (the crop is then relative: a frame S/S0 times smaller gives
+    the same view); a final fixed-size crop takes pixels one for one, so it needs the full short side.
+    """
+    short = next((s for s in map(_resized_short_side, transforms[base.sampler_pos + 1:base.final_pos])
+                  if s is not None), None)
+    if short is None:
+        return None
+    if transform_name(transforms[base.final_pos]) == 'Resize':
+        return math.ceil(short * crop_size / base.crop_size)
+    return short
+
+
 def shaped_transforms(transforms: Sequence[dict], base: PipelineShape, clip_len: int,
                       frame_interval: int, crop_size: int, scale_jitter: bool) -> list[dict]:
     """Copies of the transform configs retargeted to (T, interval, S)."""
     out = [dict(t) for t in transforms]
     out[base.sampler_pos].update(clip_len=clip_len, frame_interval=frame_interval)
+    for cfg in out:
+        if transform_name(cfg) in SCALED_DECODERS:
+            cfg['short_side'] = needed_short_side(transforms, base, crop_size)
     final = out[base.final_pos]
     key = FINAL_SIZE_KEYS[transform_name(final)]
     final[key] = crop_size if isinstance(final[key], int) else (crop_size, crop_size)
@@ -153,7 +188,8 @@ class ShapeVaryingPipeline(BaseTransform):
     uniformly from ``I0 .. I0 * T0 // T`` (so short clips span up to the base clip's time), the final
     square crop/resize outputs S, and with ``scale_jitter`` the lower bound of ``RandomRescale``'s short
     side range scales by S/S0. Relative crops (``MultiScaleCrop``, ``RandomResizedCrop``) are unchanged,
-    since the final resize sets their output size.
+    since the final resize sets their output size. A ``ScaledRawFrameDecode`` gets the smallest short
+    side the shape needs (:func:`needed_short_side`), so rawframes cost about T x S^2 to decode.
 
     Required keys:
         - sample_idx (a ``GridIndex``, set by the dataset from the sampler's index)
