@@ -168,7 +168,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     data = speedup.dataset_paths(args, preset)
     runs = []
     results: dict[str, Any] = dict(
-        preset=args.preset, set=args.set, settings=preset, lengths=args.lengths, extra_seeds=args.extra_seeds,
+        preset=args.preset, set=args.set, settings=preset, format=args.format, lengths=args.lengths,
+        extra_seeds=args.extra_seeds,
         machine=speedup.machine(), date=time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime()),
         command=' '.join([Path(sys.argv[0]).name] + (argv if argv is not None else sys.argv[1:])),
         runs=runs)

@@ -6,8 +6,14 @@ second (8x-16x for the reference long + short cycle). For every distinct grid sh
 script runs a torch ``DataLoader`` with ``MultigridSampler`` forced to that shape (a one-shape plan,
 persistent workers, as in training) over the same number of clips, and reports clips/s, frames/s,
 the ratio to the baseline shape and the *headroom*: that ratio over the needed ``B / B0`` (below 1:
-a loader that just keeps up with the baseline becomes the bottleneck at that shape). It then times
-each transform of one sample per shape, to show where the time goes.
+a loader that just keeps up with the baseline becomes the bottleneck at that shape) and
+``cost_vs_base``: the loader's seconds per batch at that shape over its seconds per batch at the base
+shape (same workers; 1 is the ideal, as for the model). It then times each transform of one sample per
+shape, to show where the time goes.
+
+``--format rawframes`` measures the same clips as rawframes: the frames are extracted once (with the
+smaller copies the plan's grid shapes need, ``mmmultigrid.rawframes``) into ``--frames-dir``, and the
+pipeline reads them with ``ScaledRawFrameDecode`` in place of ``DecordInit`` + ``DecordDecode``.
 
 Two setups:
 
@@ -22,6 +28,7 @@ Usage::
 
     python benchmarks/loader_throughput.py --out work_dirs/loader_synthetic.json
     python benchmarks/loader_throughput.py --videos ../shared/videos --out work_dirs/loader_real.json
+    python benchmarks/loader_throughput.py --videos ../shared/videos --format rawframes
 """
 from __future__ import annotations
 
@@ -44,12 +51,13 @@ from mmengine.utils.dl_utils import set_multi_processing
 from torch.utils.data import DataLoader
 
 import mmmultigrid  # noqa: F401  (registers the components, repairs the stack)
-from mmaction.datasets import VideoDataset
+from mmaction.datasets import RawframeDataset, VideoDataset
 from mmaction.registry import TRANSFORMS
 from mmmultigrid.baseline import plan_from_config
 from mmmultigrid.lr_curve import parse_lr_schedulers
 from mmmultigrid.pipeline import ShapeVaryingPipeline, transform_name
 from mmmultigrid.plan import BaseShape, GridShape, MultigridOptions, MultigridPlan, Segment, build_plan
+from mmmultigrid.rawframes import copies_for_plan, extract_dataset
 from mmmultigrid.sampler import GridIndex, MultigridSampler
 from mmmultigrid.synthetic_videos import make_dataset
 
@@ -72,13 +80,62 @@ I3D_KINETICS_TRAIN = [
 
 @dataclasses.dataclass
 class Setup:
-    """What to load: the clips (relative to ``video_dir``), the user's transforms and the plan."""
+    """What to load: the clips (relative to ``video_dir``, or frame folders in ``frames_root`` with
+    their frame counts), the user's transforms and the plan."""
 
     name: str
     video_dir: Path
     files: list[str]
     transforms: list[dict]
     plan: MultigridPlan
+    frames_root: Path | None = None
+    total_frames: dict[str, int] = dataclasses.field(default_factory=dict)
+
+    @property
+    def format(self) -> str:
+        return 'video' if self.frames_root is None else 'rawframes'
+
+    def results(self, name: str) -> dict[str, Any]:
+        """The dataset's ``results`` of clip ``name`` before the pipeline."""
+        if self.frames_root is None:
+            return dict(filename=str(self.video_dir / name), label=0, start_index=0, modality='RGB')
+        return dict(frame_dir=str(self.frames_root / name), total_frames=self.total_frames[name],
+                    label=0, start_index=1, modality='RGB', filename_tmpl='img_{:05}.jpg')
+
+    def dataset(self, ann: Path, length: int) -> VideoDataset | RawframeDataset:
+        """The dataset of ``length`` clips cycling through ``files``, wrapped for multigrid."""
+        names = [self.files[i % len(self.files)] for i in range(length)]
+        pipeline = [dict(type='ShapeVaryingPipeline', transforms=self.transforms)]
+        if self.frames_root is None:
+            ann.write_text(''.join(f'{name} 0\n' for name in names))
+            return VideoDataset(str(ann), pipeline, data_prefix=dict(video=str(self.video_dir)))
+        ann.write_text(''.join(f'{name} {self.total_frames[name]} 0\n' for name in names))
+        return RawframeDataset(str(ann), pipeline, data_prefix=dict(img=str(self.frames_root)))
+
+
+def as_rawframes(setup: Setup, frames_dir: Path) -> Setup:
+    """``setup`` reading frames extracted from its videos (once, with the copies its plan needs)
+    through ``ScaledRawFrameDecode`` in place of ``DecordInit`` + ``DecordDecode``."""
+    copies = copies_for_plan(setup.transforms, setup.plan)
+    links = frames_dir / 'videos'  # unique frame folder names (test.mp4 and test.avi: test_mp4, ...)
+    links.mkdir(parents=True, exist_ok=True)
+    names = {name: name.replace('.', '_') + Path(name).suffix for name in sorted(set(setup.files))}
+    for name, link in names.items():
+        (links / link).unlink(missing_ok=True)
+        (links / link).parent.mkdir(parents=True, exist_ok=True)
+        (links / link).symlink_to((setup.video_dir / name).resolve())
+    (frames_dir / 'videos.txt').write_text(''.join(f'{link} 0\n' for link in names.values()))
+    extracted = extract_dataset(frames_dir / 'videos.txt', links, frames_dir,
+                                frames_dir / 'rawframes.txt', copies, workers=2, reuse=True)
+    if extracted.failures:
+        raise SystemExit(f'cannot extract frames: {extracted.failures}')
+    total = {line.split()[0]: int(line.split()[1])
+             for line in extracted.ann_file.read_text().splitlines()}
+    transforms = [dict(type='ScaledRawFrameDecode', copies=copies) if transform_name(t) ==
+                  'DecordDecode' else t for t in setup.transforms if transform_name(t) != 'DecordInit']
+    return dataclasses.replace(setup, name=f'{setup.name}_rawframes', transforms=transforms,
+                               files=[os.path.splitext(names[f])[0] for f in setup.files],
+                               frames_root=frames_dir, total_frames=total)
 
 
 def synthetic_setup(data_root: Path) -> Setup:
@@ -111,11 +168,6 @@ def one_shape_plan(plan: MultigridPlan, shape: GridShape) -> MultigridPlan:
     return dataclasses.replace(plan, max_epochs=1, segments=(segment,))
 
 
-def write_annotation(path: Path, files: Sequence[str], length: int) -> None:
-    """``length`` lines cycling through ``files`` (labels are irrelevant here)."""
-    path.write_text(''.join(f'{files[i % len(files)]} 0\n' for i in range(length)))
-
-
 def measure(loader: DataLoader, sampler: MultigridSampler, plan: MultigridPlan, shape: GridShape,
             base: GridShape) -> dict[str, Any]:
     """One epoch of the loader at ``shape``: every clip of the dataset, in full batches."""
@@ -130,12 +182,13 @@ def measure(loader: DataLoader, sampler: MultigridSampler, plan: MultigridPlan, 
         clips += len(batch['inputs'])
     seconds = time.perf_counter() - start
     return dict(batch_size=shape.batch_size, clip_len=shape.clip_len, crop_size=shape.crop_size,
-                batches=batches, clips=clips, seconds=seconds, clips_per_s=clips / seconds,
+                batches=batches, clips=clips, seconds=seconds, seconds_per_batch=seconds / batches,
+                clips_per_s=clips / seconds,
                 frames_per_s=clips * shape.clip_len / seconds,
                 needed_ratio=shape.batch_size / base.batch_size, is_baseline=shape == base)
 
 
-def in_process_rate(dataset: VideoDataset, shape: GridShape, count: int) -> float:
+def in_process_rate(dataset: VideoDataset | RawframeDataset, shape: GridShape, count: int) -> float:
     """Clips/s of ``dataset[i]`` in this process: what one worker could do without IPC."""
     start = time.perf_counter()
     for i in range(count):
@@ -153,13 +206,9 @@ def profile(setup: Setup, shapes: Sequence[GridShape], repeats: int) -> dict[str
         low, high = pipeline.frame_intervals(shape.clip_len)
         runs = 0
         for name in files:
-            path = setup.video_dir / name
             for _ in range(repeats):
                 interval = int(np.random.randint(low, high + 1))
-                start = time.perf_counter()
-                path.read_bytes()
-                totals['read file'] = totals.get('read file', 0.0) + time.perf_counter() - start
-                results = dict(filename=str(path), label=0, start_index=0, modality='RGB')
+                results = setup.results(name)
                 for i, transform in enumerate(
                         pipeline.pipeline(shape.clip_len, interval, shape.crop_size).transforms):
                     start = time.perf_counter()
@@ -210,19 +259,21 @@ def machine() -> dict[str, Any]:
 
 def format_tables(rows: list[dict[str, Any]], prof: dict[str, dict[str, float]]) -> str:
     lines = ['| shape (B, T, S) | clips | clips/s | frames/s | ratio to base | needed | headroom '
-             '| 1 process, no workers: clips/s |', '|---|---|---|---|---|---|---|---|']
+             '| s per batch | cost vs base | 1 process, no workers: clips/s |',
+             '|---|---|---|---|---|---|---|---|---|---|']
     for r in rows:
         mark = ' (base)' if r['is_baseline'] else ''
         lines.append(f"| {r['batch_size']}, {r['clip_len']}, {r['crop_size']}{mark} | {r['clips']} | "
                      f"{r['clips_per_s']:.1f} | {r['frames_per_s']:.0f} | {r['ratio']:.2f}x | "
                      f"{r['needed_ratio']:.0f}x | {r['headroom']:.2f} | "
+                     f"{r['seconds_per_batch']:.3f} | {r['cost_vs_base']:.2f} | "
                      f"{r['in_process_clips_per_s']:.1f} |")
     steps = list(next(iter(prof.values())))
     lines += ['', '| ms per sample | ' + ' | '.join(steps) + ' | total |',
               '|---' * (len(steps) + 2) + '|']
     for label, times in prof.items():
         lines.append(f'| {label} | ' + ' | '.join(f'{times[s]:.1f}' for s in steps) +
-                     f" | {sum(v for k, v in times.items() if k != 'read file'):.1f} |")
+                     f' | {sum(times.values()):.1f} |')
     return '\n'.join(lines)
 
 
@@ -233,6 +284,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                         help='synthetic dataset folder (generated if missing)')
     parser.add_argument('--videos', type=Path, help='measure these real clips with the I3D '
                         'Kinetics pipeline and the reference Kinetics plan instead')
+    parser.add_argument('--format', choices=('video', 'rawframes'), default='video',
+                        help='load the videos, or frames extracted from them (with smaller copies)')
+    parser.add_argument('--frames-dir', type=Path,
+                        help='where the rawframes are extracted (default: work_dirs/loader_frames/'
+                        '<setup>; kept and reused)')
     parser.add_argument('--clips', type=int, default=256,
                         help='clips per shape (rounded up to a multiple of largest batch x workers)')
     parser.add_argument('--warmup', type=int, default=2, help='baseline batches before timing')
@@ -249,6 +305,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     set_multi_processing('fork', opencv_num_threads=0)  # the Runner's env_cfg.mp_cfg defaults
     np.random.seed(args.seed)
     setup = kinetics_setup(args.videos) if args.videos else synthetic_setup(args.data_root)
+    if args.format == 'rawframes':
+        setup = as_rawframes(setup, args.frames_dir or ROOT / 'work_dirs' / 'loader_frames' /
+                             setup.name)
     plan, shapes = setup.plan, grid_shapes(setup.plan)
     b = plan.base
     base = GridShape(b.batch_size, b.clip_len, b.crop_size)
@@ -257,11 +316,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     length = unit * math.ceil(args.clips / unit)
 
     with tempfile.TemporaryDirectory() as tmp:
-        ann = Path(tmp) / 'train_list.txt'
-        write_annotation(ann, setup.files, length)
-        dataset = VideoDataset(str(ann), [dict(type='ShapeVaryingPipeline',
-                                               transforms=setup.transforms)],
-                               data_prefix=dict(video=str(setup.video_dir)))
+        dataset = setup.dataset(Path(tmp) / 'train_list.txt', length)
         sampler = MultigridSampler(DefaultSampler(dataset, shuffle=True, seed=args.seed),
                                    b.batch_size)
         loader = DataLoader(dataset, batch_sampler=sampler, num_workers=args.num_workers,
@@ -274,18 +329,23 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         del loader
         for row, shape in zip(rows, shapes):
             row['in_process_clips_per_s'] = in_process_rate(dataset, shape, args.in_process_clips)
-    base_rate = next(r['clips_per_s'] for r in rows if r['is_baseline'])
+    base_row = next(r for r in rows if r['is_baseline'])
     for r in rows:
-        r['ratio'] = r['clips_per_s'] / base_rate
+        r['ratio'] = r['clips_per_s'] / base_row['clips_per_s']
         r['headroom'] = r['ratio'] / r['needed_ratio']
+        r['cost_vs_base'] = r['seconds_per_batch'] / base_row['seconds_per_batch']
     prof = profile(setup, shapes, args.profile_repeats)
-    spans = decode_vs_span(setup, min(s.clip_len for s in shapes), 3)
-    tables = format_tables(rows, prof) + '\n\nDecordDecode ms per clip:\n' + '\n'.join(
-        f'- {case}: {ms:.1f}' for case, ms in spans.items())
-    print(f'{setup.name}: {len(set(setup.files))} videos, {length} clips per shape, '
-          f'{args.num_workers} workers')
+    spans = (decode_vs_span(setup, min(s.clip_len for s in shapes), 3)
+             if setup.format == 'video' else {})
+    tables = format_tables(rows, prof) + ''.join(
+        ['\n\nDecordDecode ms per clip:'] * bool(spans) +
+        [f'\n- {case}: {ms:.1f}' for case, ms in spans.items()])
+    print(f'{setup.name}: {len(set(setup.files))} clips ({setup.format}), {length} clips per shape, '
+          f'{args.num_workers} workers; worst cost vs base '
+          f"{max(r['cost_vs_base'] for r in rows):.2f}")
     print(tables)
-    result = dict(setup=setup.name, args={k: str(v) for k, v in vars(args).items()},
+    result = dict(setup=setup.name, format=setup.format,
+                  args={k: str(v) for k, v in vars(args).items()},
                   machine=machine(), clips_per_shape=length, base_shape=dataclasses.asdict(base),
                   shapes=rows, profile_ms=prof, decode_vs_span_ms=spans, transforms=[transform_name(t)
                                                             for t in setup.transforms])

@@ -30,6 +30,7 @@ import mmmultigrid  # noqa: E402,F401  (repairs the OpenMMLab stack before mmeng
 from mmengine.config import Config  # noqa: E402
 
 from mmmultigrid.baseline import plan_from_config  # noqa: E402
+from mmmultigrid.rawframes import copies_for_config, extract_dataset  # noqa: E402
 from mmmultigrid.report import format_plan  # noqa: E402
 from mmmultigrid.synthetic_videos import make_dataset  # noqa: E402
 
@@ -95,6 +96,11 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--synthetic-root', type=Path,
                         help='where the synthetic dataset of the preset is generated '
                         '(default: data/synthetic-<preset>)')
+    parser.add_argument('--format', choices=('video', 'rawframes'), default='video',
+                        help='train from the videos, or from frames extracted from them (once, into '
+                        'FRAMES_ROOT, with the smaller copies the grid shapes need)')
+    parser.add_argument('--frames-root', type=Path,
+                        help='where rawframes are extracted (default: <video folder>-rawframes)')
 
 
 def check_data_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
@@ -108,6 +114,27 @@ def check_data_arguments(parser: argparse.ArgumentParser, args: argparse.Namespa
 
 
 def dataset_paths(args: argparse.Namespace, preset: dict) -> dict[str, Any]:
+    """The data of the runs: videos (``video_dir``), or with ``--format rawframes`` frames extracted
+    from them (``frames_root``, ``copies``) and rawframe annotations."""
+    videos = video_paths(args, preset)
+    if getattr(args, 'format', 'video') == 'video':
+        return videos
+    copies = copies_for_config(build_config('multigrid', preset, videos))
+    root = args.frames_root or Path(f"{videos['video_dir']}-rawframes")
+    data = dict(videos, frames_root=root, copies=copies)
+    for key in ('train_ann', 'val_ann'):
+        print(f'extracting the frames of {videos[key]} into {root} (copies {list(copies)}) ...',
+              flush=True)
+        extracted = extract_dataset(videos[key], videos['video_dir'], root,
+                                    root / Path(videos[key]).name, copies, workers=os.cpu_count(),
+                                    reuse=True)
+        if extracted.failures:
+            raise SystemExit(f'cannot extract the frames of {extracted.failures}')
+        data[key] = extracted.ann_file
+    return data
+
+
+def video_paths(args: argparse.Namespace, preset: dict) -> dict[str, Any]:
     if args.data_root is not None:
         return dict(video_dir=args.data_root, train_ann=args.ann_file, val_ann=args.val_ann_file,
                     num_classes=args.num_classes)
@@ -123,7 +150,9 @@ def dataset_paths(args: argparse.Namespace, preset: dict) -> dict[str, Any]:
 
 
 def build_config(run: str, preset: dict, data: dict[str, Any]) -> Config:
-    """The run's config: the shipped synthetic config with the preset's sizes and the data paths."""
+    """The run's config: the shipped synthetic config with the preset's sizes and the data paths
+    (rawframes when ``data`` has ``frames_root``: ``ScaledRawFrameDecode`` for training,
+    ``RawFrameDecode`` for validation)."""
     cfg = Config.fromfile(CONFIGS[run])
     model, pipe, sched = preset['model'], preset['pipeline'], preset['schedule']
     cfg.model.backbone.update(model)
@@ -143,6 +172,8 @@ def build_config(run: str, preset: dict, data: dict[str, Any]) -> Config:
         loader = cfg[name]
         loader.update(num_workers=preset['workers'], persistent_workers=preset['workers'] > 0)
         loader.dataset.update(ann_file=str(ann), data_prefix=dict(video=str(data['video_dir'])))
+    if 'frames_root' in data:
+        use_rawframes(cfg, train_transforms, data['frames_root'], data['copies'])
     cfg.train_dataloader.batch_size = sched['batch_size']
     cfg.test_dataloader = cfg.val_dataloader
     cfg.optim_wrapper.optimizer.lr = sched['lr']
@@ -157,6 +188,19 @@ def build_config(run: str, preset: dict, data: dict[str, Any]) -> Config:
     cfg.log_processor = dict(type='LogProcessor', window_size=1, by_epoch=True)
     cfg.default_hooks.checkpoint = dict(type='CheckpointHook', interval=-1, save_last=True)
     return cfg
+
+
+def use_rawframes(cfg: Config, train_transforms: list, frames_root: Path,
+                  copies: tuple[int, ...]) -> None:
+    """Switch ``cfg`` from videos to the rawframes in ``frames_root``: no ``DecordInit``, decoding by
+    ``ScaledRawFrameDecode(copies)`` in training and ``RawFrameDecode`` in validation."""
+    for transforms, decoder in ((train_transforms, dict(type='ScaledRawFrameDecode', copies=copies)),
+                                (cfg.val_dataloader.dataset.pipeline, dict(type='RawFrameDecode'))):
+        transforms[:] = [decoder if t['type'] == 'DecordDecode' else t for t in transforms
+                         if t['type'] != 'DecordInit']
+    for name in ('train_dataloader', 'val_dataloader'):
+        cfg[name].dataset.type = 'RawframeDataset'
+        cfg[name].dataset.data_prefix = dict(img=str(frames_root))
 
 
 def set_validation(cfg: Config, epochs: int, count: int = VALIDATIONS) -> None:
@@ -302,7 +346,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         preset=args.preset, machine=machine(),
         date=time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime()),
         command=' '.join([Path(sys.argv[0]).name] + (argv if argv is not None else sys.argv[1:])),
-        train_clips=train_clips, val_clips=val_clips, settings=preset)
+        train_clips=train_clips, val_clips=val_clips, settings=preset, format=args.format)
     for run in args.runs:
         print(f'training {run} ...', flush=True)
         results[run] = train(run, configs[run], args.work_dir / run, preset['threads'])

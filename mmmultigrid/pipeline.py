@@ -27,6 +27,8 @@ FINAL_SIZE_KEYS = {'Resize': 'scale', 'RandomCrop': 'size', 'CenterCrop': 'crop_
 JITTER_KEYS = {'RandomRescale': 'scale_range'}
 #: Decoders that take the smallest short side the transforms after them need (``short_side``).
 SCALED_DECODERS = ('ScaledRawFrameDecode',)
+#: Transforms whose output keeps the same view when their input is uniformly smaller.
+RELATIVE_TRANSFORMS = ('MultiScaleCrop', 'RandomResizedCrop', 'Flip', 'ColorJitter')
 
 
 def transform_name(cfg: dict) -> str:
@@ -160,14 +162,31 @@ def needed_short_side(transforms: Sequence[dict], base: PipelineShape, crop_size
     return short
 
 
+def scale_frames(transforms: list[dict], base: PipelineShape, crop_size: int) -> None:
+    """Decode (``SCALED_DECODERS``) and resize frames no larger than crops of ``crop_size`` need.
+
+    The decoder gets :func:`needed_short_side`. When only ``RELATIVE_TRANSFORMS`` lie between a
+    ``Resize(scale=(-1, R))`` and the final resize, R becomes that short side too: the same view,
+    resampled once to the size the crop needs instead of up to R and down again.
+    """
+    needed = needed_short_side(transforms, base, crop_size)
+    for i, cfg in enumerate(transforms):
+        if transform_name(cfg) in SCALED_DECODERS:
+            cfg['short_side'] = needed
+        elif (needed is not None and transform_name(cfg) == 'Resize' and i < base.final_pos
+              and _resized_short_side(cfg) is not None and all(
+                  transform_name(t) in RELATIVE_TRANSFORMS for t in transforms[i + 1:base.final_pos])
+              and transform_name(transforms[base.final_pos]) == 'Resize'):
+            cfg['scale'] = (-1, needed)
+
+
 def shaped_transforms(transforms: Sequence[dict], base: PipelineShape, clip_len: int,
                       frame_interval: int, crop_size: int, scale_jitter: bool) -> list[dict]:
     """Copies of the transform configs retargeted to (T, interval, S)."""
     out = [dict(t) for t in transforms]
     out[base.sampler_pos].update(clip_len=clip_len, frame_interval=frame_interval)
-    for cfg in out:
-        if transform_name(cfg) in SCALED_DECODERS:
-            cfg['short_side'] = needed_short_side(transforms, base, crop_size)
+    if any(transform_name(cfg) in SCALED_DECODERS for cfg in out):
+        scale_frames(out, base, crop_size)
     final = out[base.final_pos]
     key = FINAL_SIZE_KEYS[transform_name(final)]
     final[key] = crop_size if isinstance(final[key], int) else (crop_size, crop_size)
@@ -188,8 +207,8 @@ class ShapeVaryingPipeline(BaseTransform):
     uniformly from ``I0 .. I0 * T0 // T`` (so short clips span up to the base clip's time), the final
     square crop/resize outputs S, and with ``scale_jitter`` the lower bound of ``RandomRescale``'s short
     side range scales by S/S0. Relative crops (``MultiScaleCrop``, ``RandomResizedCrop``) are unchanged,
-    since the final resize sets their output size. A ``ScaledRawFrameDecode`` gets the smallest short
-    side the shape needs (:func:`needed_short_side`), so rawframes cost about T x S^2 to decode.
+    since the final resize sets their output size. With a ``ScaledRawFrameDecode``, frames are decoded
+    and resized no larger than the shape needs (:func:`scale_frames`), so they cost about T x S^2.
 
     Required keys:
         - sample_idx (a ``GridIndex``, set by the dataset from the sampler's index)

@@ -32,6 +32,7 @@ from PIL import Image
 
 from .baseline import plan_from_config, train_transforms
 from .pipeline import check_container, describe_pipeline, needed_short_side
+from .plan import MultigridPlan
 
 FILENAME_TMPL = 'img_{:05}.jpg'
 START_INDEX = 1  # RawframeDataset's default: frames are numbered from 1
@@ -256,6 +257,12 @@ def extract_dataset(ann_file: str | Path, video_root: str | Path, frames_root: s
     """
     copies = check_copies(copies, 'copies')
     lines = [line.split() for line in Path(ann_file).read_text().splitlines() if line.strip()]
+    folders: dict[str, str] = {}
+    for parts in lines:
+        other = folders.setdefault(frame_dir_name(parts[0]), parts[0])
+        if other != parts[0]:
+            raise ValueError(f'{ann_file}: {other} and {parts[0]} would share the frame folder '
+                             f'{frame_dir_name(parts[0])}; rename one of them')
     jobs = [(os.path.join(str(video_root), parts[0]),
              os.path.join(str(frames_root), frame_dir_name(parts[0])), copies, quality, reuse)
             for parts in lines]
@@ -275,18 +282,22 @@ def extract_dataset(ann_file: str | Path, video_root: str | Path, frames_root: s
     return Extracted(Path(out_ann), Path(frames_root), len(out), tuple(failures))
 
 
-def copies_for_config(cfg: Mapping[str, Any]) -> tuple[int, ...]:
-    """The copies a multigrid config needs: the short side of every grid shape's crop below the base's.
+def copies_for_plan(transforms: Sequence[dict], plan: MultigridPlan,
+                    key: str = 'train_dataloader.dataset.pipeline') -> tuple[int, ...]:
+    """The copies a plan needs: the short side of every grid shape's crop below the base shape's.
 
     Computed as ``ShapeVaryingPipeline`` does (:func:`needed_short_side`) over the plan's crop sizes;
     empty when the train pipeline has no short-side resize before its crop.
     """
-    transforms = train_transforms(cfg)
-    base = describe_pipeline(transforms, 'train_dataloader.dataset.pipeline')
-    plan = plan_from_config(cfg, world_size=1)
+    base = describe_pipeline(transforms, key)
     full = needed_short_side(transforms, base, base.crop_size)
     needs = {needed_short_side(transforms, base, g.crop_size) for s in plan.segments for g in s.shapes}
     return tuple(sorted((n for n in needs if n is not None and n != full), reverse=True))
+
+
+def copies_for_config(cfg: Mapping[str, Any]) -> tuple[int, ...]:
+    """The copies a multigrid config's grid shapes need (:func:`copies_for_plan`)."""
+    return copies_for_plan(train_transforms(cfg), plan_from_config(cfg, world_size=1))
 
 
 def main(argv: Sequence[str] | None = None) -> Extracted:

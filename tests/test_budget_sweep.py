@@ -111,3 +111,31 @@ def test_tiny_two_length_sweep(tmp_path: Path) -> None:
     assert set(result['targets']) == {'parity', 'speedup', 'curve'}
     assert out.with_suffix('.png').read_bytes().startswith(PNG_SIGNATURE)
     assert 'target parity:' in proc.stdout
+
+
+def test_rawframes_sweep(tmp_path: Path) -> None:
+    """--format rawframes: the frames are extracted once (with the copies of the plan) and both
+    methods train from them through tools/train.py."""
+    out = tmp_path / 'sweep.json'
+    proc = subprocess.run(
+        [sys.executable, str(REPO / 'benchmarks' / 'budget_sweep.py'), '--preset', 'demo',
+         '--lengths', '1', '--extra-seeds', '--validations', '1', '--work-dir', str(tmp_path / 'work'),
+         '--out',
+         str(out), '--synthetic-root', str(tmp_path / 'data'), '--format', 'rawframes',
+         '--set', 'dataset.num_classes=2', 'dataset.train_clips_per_class=8',
+         'dataset.val_clips_per_class=2', 'dataset.num_frames=16', 'dataset.width=64',
+         'dataset.height=48', 'model.base_channels=2', 'pipeline.clip_len=8',
+         'pipeline.short_side=40', 'pipeline.crop_size=32', 'schedule.max_epochs=2',
+         'schedule.milestones=[1]', 'schedule.batch_size=1', 'workers=0'],
+        cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert result['format'] == 'rawframes'
+    assert [(r['method'], r['iterations'] > 0) for r in result['runs']] == [
+        ('baseline', True), ('multigrid', True)]
+    frames = tmp_path / 'data' / 'videos-rawframes'
+    assert (frames / 'train_list.txt').read_text().splitlines()[0] == 'train/train_00000 16 0'
+    assert sorted(p.name for p in (frames / 'train' / 'train_00000').iterdir() if p.is_dir()) == [
+        'short20', 'short29']
+    config = (tmp_path / 'work').rglob('multigrid.py')
+    assert "type='ScaledRawFrameDecode'" in next(config).read_text()

@@ -17,6 +17,7 @@ import pytest
 import torch
 from mmaction.datasets import RawframeDataset
 from mmaction.datasets.transforms import RawFrameDecode
+from mmaction.registry import TRANSFORMS
 from mmengine.config import Config
 from mmengine.dataset import DefaultSampler, pseudo_collate
 from mmengine.registry import init_default_scope
@@ -33,6 +34,8 @@ from mmmultigrid.sampler import GridIndex, MultigridSampler
 REPO = Path(__file__).resolve().parents[1]
 COPIES = (128, 64)
 AVI_FRAMES = 164
+I3D_CROP = dict(type='MultiScaleCrop', input_size=224, scales=(1, 0.8), random_crop=False,
+                max_wh_scale_gap=0)
 TRAIN = [
     dict(type='SampleFrames', clip_len=16, frame_interval=2, num_clips=1),
     dict(type='ScaledRawFrameDecode', copies=COPIES),
@@ -121,38 +124,66 @@ def test_needed_short_side_follows_the_crop() -> None:
     assert needed_short_side(no_resize, describe_pipeline(no_resize), 112) is None
 
 
-def test_each_grid_shape_decodes_what_it_needs(frames: Path) -> None:
+def test_each_grid_shape_decodes_and_resizes_what_it_needs(frames: Path) -> None:
     pipeline = ShapeVaryingPipeline(TRAIN)
     for crop, short_side in ((224, 256), (158, 181), (112, 128), (79, 91)):
-        decoder = pipeline.pipeline(4, 2, crop).transforms[1]
+        decoder, resize = pipeline.pipeline(4, 2, crop).transforms[1:3]
         assert isinstance(decoder, ScaledRawFrameDecode) and decoder.short_side == short_side
-        assert decoder.copies == COPIES
+        assert decoder.copies == COPIES and resize.scale == (np.inf, short_side)
+    # an absolute crop between the resize and the final resize keeps the resize as written
+    absolute = TRAIN[:3] + [dict(type='CenterCrop', crop_size=200)] + TRAIN[4:]
+    decoder, resize = ShapeVaryingPipeline(absolute).pipeline(4, 2, 112).transforms[1:3]
+    assert decoder.short_side == 128 and resize.scale == (np.inf, 256)
+    # video pipelines are left as written
+    video = [dict(type='DecordInit')] + TRAIN[:1] + [dict(type='DecordDecode')] + TRAIN[2:]
+    assert ShapeVaryingPipeline(video).pipeline(4, 2, 112).transforms[3].scale == (np.inf, 256)
+
+
+@pytest.mark.parametrize('short_side', [256, 181, 128, 91, 64, 40])
+def test_equals_ordinary_decoding_up_to_resampling(frames: Path, short_side: int) -> None:
+    """Frames read from a copy (and reduced by libjpeg) then resized to the short side a shape needs
+    equal the full frames resized there, up to resampling: a few grey levels apart."""
+    resize = TRANSFORMS.build(dict(type='Resize', scale=(-1, short_side), interpolation='area'))
+    for frame_dir in ('test_mp4', 'test_avi'):
+        results = clip(frames / frame_dir, [1, 40, 80, 120])
+        ordinary = resize(RawFrameDecode()(dict(results)))['imgs']
+        scaled = resize(ScaledRawFrameDecode(copies=COPIES, short_side=short_side)(dict(results)))[
+            'imgs']
+        for a, b in zip(ordinary, scaled):
+            assert min(a.shape[:2]) == min(b.shape[:2]) == short_side
+            assert abs(a.shape[1] - b.shape[1]) <= 1  # the long side rounds from another size
+            b = cv2.resize(b, a.shape[1::-1], interpolation=cv2.INTER_LINEAR)
+            assert psnr(a, b) > 30
 
 
 @pytest.mark.parametrize('crop_size', [224, 158, 112, 56])
-def test_equals_ordinary_decoding_up_to_resampling(frames: Path, crop_size: int) -> None:
-    """The same draws through ShapeVaryingPipeline with ScaledRawFrameDecode and with RawFrameDecode
-    give the same clip up to resampling: same geometry, a few grey levels apart. The final resize
-    averages (``interpolation='area'``), so that the full frames are not aliased by a bilinear
-    downscale of up to 4x, which the smaller copies (area-averaged) are not."""
-    train = [dict(t, interpolation='area') if t.get('scale') == (224, 224) else t for t in TRAIN]
-    ordinary = ShapeVaryingPipeline(train[:1] + [dict(type='RawFrameDecode')] + train[2:])
-    scaled = ShapeVaryingPipeline(train)
-    for frame_dir, total in (('test_mp4', 300), ('test_avi', AVI_FRAMES)):
-        outputs = []
-        for pipeline in (ordinary, scaled):
-            np.random.seed(3)
-            random.seed(3)
-            results = dict(frame_dir=str(frames / frame_dir), total_frames=total, label=0,
-                           start_index=1, modality='RGB', filename_tmpl='img_{:05}.jpg',
-                           sample_idx=GridIndex(0, GridShape(8, 4, crop_size)))
-            outputs.append(pipeline(results)['inputs'].float())
-        ordinary_clip, scaled_clip = outputs
-        assert ordinary_clip.shape == scaled_clip.shape == (1, 3, 4, crop_size, crop_size)
-        psnr = 10 * torch.log10(255**2 / (ordinary_clip - scaled_clip).pow(2).mean())
-        shifted = (ordinary_clip[..., 1:] - ordinary_clip[..., :-1]).abs().mean()
-        assert psnr > 26
-        assert (ordinary_clip - scaled_clip).abs().mean() < shifted  # aligned to under a pixel
+def test_same_view_at_every_grid_shape(frames: Path, crop_size: int) -> None:
+    """The same draws through ShapeVaryingPipeline with ScaledRawFrameDecode (frames decoded and
+    resized smaller) and with RawFrameDecode crop the same part of the frame, up to the crop's pixel
+    rounding, and give close clips. The crop is I3D's ``MultiScaleCrop``, whose offsets are fractions
+    of the frame (``RandomResizedCrop`` draws them in pixels: another crop, from the same
+    distribution)."""
+    train = TRAIN[:3] + [I3D_CROP, TRAIN[4]]  # up to the final resize
+    outputs = []
+    for decoder in (dict(type='RawFrameDecode'), TRAIN[1]):
+        np.random.seed(3)
+        random.seed(3)
+        pipeline = ShapeVaryingPipeline(train[:1] + [decoder] + train[2:])
+        results = pipeline.transform(dict(
+            frame_dir=str(frames / 'test_mp4'), total_frames=300, label=0, start_index=1,
+            modality='RGB', filename_tmpl='img_{:05}.jpg', sample_idx=GridIndex(0, GridShape(
+                8, 4, crop_size))))
+        short = pipeline.pipeline(*results['grid_shape']).transforms[2].scale[1]  # the first resize
+        resized = np.array([round(340 * short / 256), short] * 2)  # test_mp4 is 340x256
+        outputs.append((results['crop_bbox'] / resized, np.stack(results['imgs'])))
+    (box_full, clip_full), (box_scaled, clip_scaled) = outputs
+    assert clip_full.shape == clip_scaled.shape == (4, crop_size, crop_size, 3)
+    assert np.abs(box_full - box_scaled).max() < 0.01
+    assert psnr(clip_full, clip_scaled) > 20
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    return float(10 * np.log10(255**2 / np.mean((a.astype(float) - b.astype(float))**2 + 1e-9)))
 
 
 def test_through_rawframe_dataset_and_dataloader(frames: Path, tmp_path: Path) -> None:
@@ -257,6 +288,14 @@ def test_extract_dataset_annotation_and_failures(shared_videos: Path, tmp_path: 
         (tmp_path / 'frames').glob('*.partial'))
     dataset = RawframeDataset(str(result.ann_file), [], data_prefix=dict(img=str(result.frames_root)))
     assert dataset.get_data_info(0)['total_frames'] == 57
+
+
+def test_videos_sharing_a_frame_folder_are_refused(tmp_path: Path) -> None:
+    ann = tmp_path / 'list.txt'
+    ann.write_text('a/clip.mp4 0\na/clip.avi 1\n')
+    with pytest.raises(ValueError, match='a/clip.mp4 and a/clip.avi would share the frame folder '
+                       'a/clip; rename one of them'):
+        extract_dataset(ann, tmp_path, tmp_path / 'frames', tmp_path / 'out.txt')
 
 
 def test_copies_for_the_shipped_configs() -> None:

@@ -39,6 +39,25 @@ def test_both_runs_share_the_recipe(preset: str) -> None:
     assert plan.baseline_max_epochs == settings['schedule']['max_epochs']
 
 
+def test_rawframes_configs() -> None:
+    """--format rawframes: RawframeDataset, ScaledRawFrameDecode (with the copies) in training,
+    RawFrameDecode in validation, no DecordInit; the same recipe otherwise."""
+    data = dict(DATA, frames_root=Path('/frames'), copies=(57, 40))
+    for run in ('baseline', 'multigrid'):
+        cfg = speedup.build_config(run, speedup.PRESETS['loader-heavy'], data)
+        train = cfg.train_dataloader.dataset.pipeline
+        train = train[0].transforms if run == 'multigrid' else train
+        assert [t['type'] for t in train[:2]] == ['SampleFrames', 'ScaledRawFrameDecode']
+        assert train[1]['copies'] == (57, 40)
+        val = [t['type'] for t in cfg.val_dataloader.dataset.pipeline]
+        assert val[:2] == ['SampleFrames', 'RawFrameDecode'] and 'DecordInit' not in val
+        for loader in (cfg.train_dataloader, cfg.val_dataloader, cfg.test_dataloader):
+            assert loader.dataset.type == 'RawframeDataset'
+            assert loader.dataset.data_prefix == dict(img='/frames')
+    assert speedup.copies_for_config(speedup.build_config('multigrid', speedup.PRESETS['loader-heavy'],
+                                                          DATA)) == (57, 40)
+
+
 @pytest.mark.parametrize('epochs', [6, 12, 18, 20])
 def test_validation_points(epochs: int) -> None:
     cfg = speedup.build_config('baseline', speedup.PRESETS['demo'], DATA)
