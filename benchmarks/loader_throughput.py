@@ -146,13 +146,13 @@ def synthetic_setup(data_root: Path) -> Setup:
     return Setup('synthetic', dataset.video_dir, files, list(baseline.train_pipeline), plan)
 
 
-def kinetics_setup(video_dir: Path) -> Setup:
+def kinetics_setup(video_dir: Path, batch_size: int = 8) -> Setup:
     files = sorted(p.name for p in video_dir.iterdir() if p.suffix.lower() in VIDEO_SUFFIXES)
     if not files:
         raise SystemExit(f'no videos ({", ".join(VIDEO_SUFFIXES)}) in {video_dir}')
     curve = parse_lr_schedulers(dict(type='MultiStepLR', milestones=[94, 154, 196], gamma=0.1),
                                 239, 0.1)
-    plan = build_plan(BaseShape(8, 32, 2, 224), MultigridOptions(), curve, 239, world_size=8)
+    plan = build_plan(BaseShape(batch_size, 32, 2, 224), MultigridOptions(), curve, 239, world_size=8)
     return Setup('i3d_kinetics_real_clips', video_dir, files, list(I3D_KINETICS_TRAIN), plan)
 
 
@@ -284,6 +284,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                         help='synthetic dataset folder (generated if missing)')
     parser.add_argument('--videos', type=Path, help='measure these real clips with the I3D '
                         'Kinetics pipeline and the reference Kinetics plan instead')
+    parser.add_argument('--base-batch', type=int, default=8,
+                        help='with --videos: base batch per GPU of the Kinetics plan (reference: 8)')
     parser.add_argument('--format', choices=('video', 'rawframes'), default='video',
                         help='load the videos, or frames extracted from them (with smaller copies)')
     parser.add_argument('--frames-dir', type=Path,
@@ -304,7 +306,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     init_default_scope('mmaction')
     set_multi_processing('fork', opencv_num_threads=0)  # the Runner's env_cfg.mp_cfg defaults
     np.random.seed(args.seed)
-    setup = kinetics_setup(args.videos) if args.videos else synthetic_setup(args.data_root)
+    setup = (kinetics_setup(args.videos, args.base_batch) if args.videos else
+             synthetic_setup(args.data_root))
     if args.format == 'rawframes':
         setup = as_rawframes(setup, args.frames_dir or ROOT / 'work_dirs' / 'loader_frames' /
                              setup.name)
