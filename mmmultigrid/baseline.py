@@ -16,7 +16,7 @@ from .plan import BaseShape, MultigridOptions, MultigridPlan, build_plan
 
 OPTION_NAMES = tuple(f.name for f in dataclasses.fields(MultigridOptions))
 #: ``MultigridHook`` arguments that are not plan options, then the keys mmengine reads from the entry.
-HOOK_ARGS = ('grouped_bn', 'preflight', 'trace', 'precise_bn')
+HOOK_ARGS = ('grouped_bn', 'preflight', 'trace', 'precise_bn', 'loader_check')
 ENTRY_KEYS = ('type', 'priority')
 
 

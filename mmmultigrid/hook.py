@@ -7,7 +7,9 @@ every grid shape when the config sets ``compile`` (:mod:`mmmultigrid.compile`) a
 checks. Every iteration it sets the LR from the plan (absolute values: nothing compounds with the
 config's chainable schedulers, which it overrides) and logs the batch's shape. With ``precise_bn``, it
 recomputes the BN statistics at the base shape before each validation and at the end
-(:mod:`mmmultigrid.precise_bn`). Its state travels in checkpoints, so ``--resume`` continues the same
+(:mod:`mmmultigrid.precise_bn`). With ``loader_check``, it logs the loader's cost per grid shape at
+start-up and warns when data wait at a shape's first iterations says more workers are needed
+(:mod:`mmmultigrid.loader_check`). Its state travels in checkpoints, so ``--resume`` continues the same
 plan.
 """
 from __future__ import annotations
@@ -29,8 +31,9 @@ from mmaction.registry import HOOKS
 from .baseline import plan_from_config
 from .batchnorm import describe_groups, neighbour_group, ranks_per_group, use_grouped_batchnorm
 from .compile import compile_backbone
-from .plan import DEFAULT_LONG_CYCLE_FACTORS, DEFAULT_SHORT_CYCLE_FACTORS, MultigridOptions, \
-    MultigridPlan
+from .loader_check import LoaderWatch
+from .plan import DEFAULT_LONG_CYCLE_FACTORS, DEFAULT_SHORT_CYCLE_FACTORS, GridShape, \
+    MultigridOptions, MultigridPlan
 from .pipeline import ShapeVaryingPipeline
 from .precise_bn import grid_loader, update_bn_stats
 from .preflight import run_preflight
@@ -51,6 +54,9 @@ class MultigridHook(Hook):
         precise_bn: Batches (at the base shape) from which BN statistics are recomputed after each
             epoch that a validation follows and after the last; 0 turns it off.
         preflight: Check every grid shape against the model and data before the first iteration.
+        loader_check: Clips loaded per grid shape at start-up to log the loader's cost per shape (with
+            a warning where it will not keep up); and, when not 0, the data wait of the first
+            iterations at each shape is watched (a warning says how many workers would keep up).
         trace: Append one JSON line per iteration (epoch, iter, batch_size, clip_len, crop_size, lr)
             to ``<work_dir>/multigrid_trace.rank<R>.jsonl`` on every rank, and at the end of training
             a line with the SHA-256 of the weights.
@@ -70,7 +76,8 @@ class MultigridHook(Hook):
                  grouped_bn: bool = True,
                  preflight: bool = True,
                  trace: bool = False,
-                 precise_bn: int = 0) -> None:
+                 precise_bn: int = 0,
+                 loader_check: int = 2) -> None:
         self.options = MultigridOptions(long_cycle, short_cycle, long_cycle_factors,
                                         short_cycle_factors, epoch_factor, bn_base_size,
                                         cycle_milestones)
@@ -84,6 +91,12 @@ class MultigridHook(Hook):
             raise ValueError(f'MultigridHook.precise_bn must be >= 0 (batches; 0 turns it off), '
                              f'got {precise_bn!r}')
         self.precise_bn = precise_bn
+        if isinstance(loader_check, bool) or not isinstance(loader_check, int) or loader_check < 0:
+            raise ValueError('MultigridHook.loader_check must be an int >= 0 (clips per grid shape; 0 '
+                             f'turns it off), got {loader_check!r}')
+        self.loader_check = loader_check
+        self.loader_watch: LoaderWatch | None = None
+        self._shape: GridShape | None = None
         self.plan: MultigridPlan | None = None
         self.sampler: MultigridSampler | None = None
         self.epoch_starts: list[int] = []
@@ -132,7 +145,14 @@ class MultigridHook(Hook):
                       " (instead of mmengine's compiled train_step)", logger='current')
         if self.preflight:
             run_preflight(runner, plan, bn_groups=self.grouped_bn,
-                          samples_per_rank=self.sampler.samples_per_rank)
+                          samples_per_rank=self.sampler.samples_per_rank,
+                          loader_samples=self.loader_check)
+        if self.loader_check:
+            self.loader_watch = LoaderWatch(runner.train_dataloader.num_workers)
+
+    def before_train_epoch(self, runner) -> None:
+        if self.loader_watch is not None:
+            self.loader_watch.epoch_started(time.perf_counter())
 
     # --- every iteration -------------------------------------------------------------------------------
     def before_train_iter(self, runner, batch_idx: int, data_batch: Any = None) -> None:
@@ -145,12 +165,22 @@ class MultigridHook(Hook):
             raise RuntimeError(f'epoch {runner.epoch} batch {batch_idx}: the plan says (B, T, S) = '
                                f'{planned}, the loader gave {actual}; is the train pipeline wrapped '
                                'in ShapeVaryingPipeline?')
+        if self.loader_watch is not None:
+            self._shape = shape
+            self.loader_watch.iteration_started(time.perf_counter())
         hub = runner.message_hub
         for key, value in zip(('batch_size', 'clip_len', 'crop_size'), planned):
             hub.update_scalar(f'train/{key}', value)
         if self.trace:
             self.write_trace(runner, dict(epoch=runner.epoch, iter=runner.iter, batch_size=planned[0],
                                           clip_len=planned[1], crop_size=planned[2], lr=lr))
+
+    def after_train_iter(self, runner, batch_idx: int, data_batch: Any = None,
+                         outputs: Any = None) -> None:
+        if self.loader_watch is not None:
+            message = self.loader_watch.iteration_ended(self._shape, time.perf_counter())
+            if message:
+                print_log(f'MultigridHook: {message}', logger='current', level=logging.WARNING)
 
     # --- precise batch norm ----------------------------------------------------------------------------
     def after_train_epoch(self, runner) -> None:

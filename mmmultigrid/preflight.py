@@ -5,6 +5,7 @@ failure names the shape, the epochs of the segment that uses it and the config k
 """
 from __future__ import annotations
 
+import logging
 from contextlib import nullcontext
 
 import torch
@@ -13,6 +14,7 @@ from mmengine.model import is_model_wrapper
 from mmengine.optim import AmpOptimWrapper, OptimWrapper
 
 from .feature_map import log_feature_maps
+from .loader_check import format_loader_costs, loader_cost_warnings, measure_loader_costs
 from .pipeline import FINAL_SIZE_KEYS, ShapeVaryingPipeline, transform_name
 from .plan import GridShape, MultigridPlan, Segment, describe_use, shapes_in_use
 
@@ -132,13 +134,24 @@ def check_memory(runner, plan: MultigridPlan) -> None:
                   f'{torch.cuda.max_memory_allocated(device) / 2**30:.1f} GiB', logger='current')
 
 
+def log_loader_costs(runner, plan: MultigridPlan, samples: int) -> None:
+    """Load ``samples`` clips per grid shape; log the loader's cost per shape and a warning for each
+    shape where it will not keep up if it just keeps up with the baseline."""
+    loader = runner.train_dataloader
+    costs = measure_loader_costs(loader.dataset, plan, samples)
+    print_log(format_loader_costs(costs, plan, loader.num_workers), logger='current')
+    for warning in loader_cost_warnings(plan, costs, loader.num_workers):
+        print_log(f'preflight: {warning}', logger='current', level=logging.WARNING)
+
+
 def run_preflight(runner, plan: MultigridPlan, bn_groups: bool = True,
-                  samples_per_rank: int | None = None) -> None:
+                  samples_per_rank: int | None = None, loader_samples: int = 0) -> None:
     """All checks; raises :class:`PreflightError` on the first shape that cannot run.
 
     ``bn_groups=False`` (``MultigridHook(grouped_bn=False)``) skips the batch-norm group check. The
     backbone's feature map at every shape is logged, with warnings for those too small to learn from
-    (and the optimizer steps at each shape when ``samples_per_rank``, clips per rank an epoch, is given).
+    (and the optimizer steps at each shape when ``samples_per_rank``, clips per rank an epoch, is given);
+    with ``loader_samples``, so is the loader's cost per shape (:func:`log_loader_costs`).
     """
     module = runner.model.module if is_model_wrapper(runner.model) else runner.model
     check_temporal_strides(plan, getattr(module, 'backbone', module))
@@ -148,6 +161,8 @@ def run_preflight(runner, plan: MultigridPlan, bn_groups: bool = True,
                     if isinstance(t, ShapeVaryingPipeline))
     check_crops(plan, pipeline)
     log_feature_maps(module, plan, samples_per_rank)
+    if loader_samples:
+        log_loader_costs(runner, plan, loader_samples)
     check_memory(runner, plan)
     print_log(f'preflight: {len(set(s for _, s in shapes_in_use(plan)))} grid shapes checked',
               logger='current')

@@ -169,3 +169,31 @@ def test_model_errors_exit_2_and_no_feature_maps_skips_the_model(
     assert captured.err.startswith('error: the model of the config') and 'NoSuchNet' in captured.err
     assert tool.main(bad + ['--no-feature-maps']) == 0
     assert 'Backbone output' not in capsys.readouterr().out
+
+
+def test_loader_check_on_the_synthetic_data(synthetic_dataset, tmp_path: Path) -> None:
+    """--loader-check loads clips of the config's train dataset at every grid shape: the table, the
+    JSON entries and a warning for shapes whose loader work exceeds 2x the base's (videos: nearly
+    every large batch); a dataset that cannot be loaded exits 2 naming it."""
+    data = [f'train_dataloader.dataset.ann_file={synthetic_dataset.train_ann}',
+            f'train_dataloader.dataset.data_prefix.video={synthetic_dataset.video_dir}']
+    proc = run_tool(str(SYNTHETIC_CONFIG), '--no-feature-maps', '--loader-check', '1', '--json',
+                    '--cfg-options', *data)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    costs = result['loader_costs']
+    assert len(costs) == 8 and all(c['seconds_per_clip'] > 0 for c in costs)
+    assert [c['cost_vs_base'] for c in costs if (c['batch_size'], c['clip_len'], c['crop_size']) ==
+            (8, 16, 64)] == [1.0]
+    assert result['warnings'] == [line[len('warning: '):] for line in proc.stderr.splitlines()
+                                  if line.startswith('warning: ')]
+    assert any("the loader does" in w for w in result['warnings'])
+    proc = run_tool(str(SYNTHETIC_CONFIG), '--no-feature-maps', '--loader-check', '1',
+                    '--cfg-options', *data)
+    assert 'Loader cost per grid shape' in proc.stdout and 'clips/s (2 workers)' in proc.stdout
+    proc = run_tool(str(SYNTHETIC_CONFIG), '--no-feature-maps', '--loader-check', '1',
+                    '--cfg-options', f'train_dataloader.dataset.ann_file={tmp_path / "none.txt"}')
+    errors = [line for line in proc.stderr.splitlines() if line.startswith('error: ')]
+    assert proc.returncode == 2 and len(errors) == 1 and errors[0].startswith(
+        'error: the train dataset (train_dataloader.dataset) cannot be loaded') and 'none.txt' in \
+        errors[0]

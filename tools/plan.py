@@ -6,16 +6,20 @@ Examples::
         configs/slowfast_r50_8xb8-8x8x1-steplr-239e_kinetics400-rgb_multigrid.py --gpus 8
     python tools/plan.py CONFIG --gpus 8 --json > plan.json
     python tools/plan.py CONFIG --gpus 8 --plot plan.png --dataset-length 240000
+    python tools/plan.py CONFIG --gpus 8 --dataset-length 240000 --loader-check 4
 
 Unless ``--no-feature-maps``, the model is built from the config (no weights are loaded) and run on the
 CPU once per grid shape to report the backbone's feature map there; feature maps too small to learn from
-are warned about on stderr (``warning: ...``). Errors in the config print ``error: ...`` on stderr and
-exit with status 2.
+are warned about on stderr (``warning: ...``). With ``--loader-check N``, N clips of the config's train
+dataset are loaded at every grid shape (the data must be there) to report the loader's work per
+iteration against the base shape's, with a warning for each shape where it will not keep up. Errors in
+the config print ``error: ...`` on stderr and exit with status 2.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import math
 import os.path as osp
 import sys
@@ -25,13 +29,16 @@ sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))  # run from 
 
 import mmmultigrid  # noqa: E402,F401  (stack fixes and registries before the config is read)
 import torch  # noqa: E402
-from mmaction.registry import MODELS  # noqa: E402
+from mmaction.registry import DATASETS, MODELS  # noqa: E402
 from mmengine.config import Config, DictAction  # noqa: E402
+from mmengine.logging import MMLogger  # noqa: E402
 from mmengine.registry import init_default_scope  # noqa: E402
 
 from mmmultigrid.baseline import plan_from_config  # noqa: E402
 from mmmultigrid.feature_map import (FeatureMap, feature_map_warnings,  # noqa: E402
                                      format_feature_maps, measure_feature_maps)
+from mmmultigrid.loader_check import (format_loader_costs, loader_cost_warnings,  # noqa: E402
+                                      measure_loader_costs)
 from mmmultigrid.plan import GridShape, MultigridPlan  # noqa: E402
 from mmmultigrid.report import format_plan  # noqa: E402
 
@@ -52,7 +59,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help='training clips in the dataset: add exact iteration counts')
     parser.add_argument('--no-feature-maps', action='store_true',
                         help="do not build the model to report the backbone's feature map per shape")
+    parser.add_argument('--loader-check', type=int, default=0, metavar='N',
+                        help="load N clips of the train dataset per grid shape and report the "
+                        "loader's work per iteration against the base shape's")
     args = parser.parse_args(argv)
+    if args.loader_check < 0:
+        parser.error(f'--loader-check must be >= 0, got {args.loader_check}')
     if args.dataset_length is not None and args.dataset_length < 1:
         parser.error(f'--dataset-length must be positive, got {args.dataset_length}')
     return args
@@ -194,8 +206,23 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f'error: the model of the config (model=...) cannot be built or run: {exc}'
                   .replace('\n', ' '), file=sys.stderr)
             return 2
+    costs = None
+    if args.loader_check:
+        try:
+            init_default_scope(cfg.get('default_scope', 'mmaction'))
+            for handler in MMLogger.get_current_instance().handlers:  # stdout stays the plan
+                if isinstance(handler, logging.StreamHandler) and handler.stream is sys.stdout:
+                    handler.setStream(sys.stderr)
+            costs = measure_loader_costs(DATASETS.build(cfg.train_dataloader.dataset), plan,
+                                         args.loader_check)
+        except Exception as exc:  # any failure to build the dataset or load a clip, as in training
+            print(f'error: the train dataset (train_dataloader.dataset) cannot be loaded: '
+                  f'{type(exc).__name__}: {exc}'.replace('\n', ' '), file=sys.stderr)
+            return 2
     samples = None if args.dataset_length is None else math.ceil(args.dataset_length / args.gpus)
-    warnings = [] if maps is None else feature_map_warnings(plan, maps)
+    workers = cfg.train_dataloader.get('num_workers', 0)
+    warnings = ([] if maps is None else feature_map_warnings(plan, maps)) + (
+        [] if costs is None else loader_cost_warnings(plan, costs, workers))
     if args.json:
         data = plan.to_dict()
         if args.dataset_length is not None:
@@ -206,6 +233,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                 row['iters_per_epoch'] = s.batches_per_epoch(samples)
         if maps is not None:
             data['feature_maps'] = feature_map_rows(plan, maps, samples)
+        if costs is not None:
+            data['loader_costs'] = [dict(batch_size=c.shape.batch_size, clip_len=c.shape.clip_len,
+                                         crop_size=c.shape.crop_size,
+                                         seconds_per_clip=c.seconds_per_clip,
+                                         cost_vs_base=c.cost_vs_base) for c in costs]
+        if maps is not None or costs is not None:
             data['warnings'] = warnings
         print(json.dumps(data))
     else:
@@ -218,6 +251,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(format_feature_maps(plan, maps, samples))
             if samples is None:
                 print('Optimizer steps per grid shape: give --dataset-length N (training clips)')
+        if costs is not None:
+            print(format_loader_costs(costs, plan, workers))
     for warning in warnings:
         print(f'warning: {warning}', file=sys.stderr)
     if args.plot:
