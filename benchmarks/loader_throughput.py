@@ -8,8 +8,9 @@ persistent workers, as in training) over the same number of clips, and reports c
 the ratio to the baseline shape and the *headroom*: that ratio over the needed ``B / B0`` (below 1:
 a loader that just keeps up with the baseline becomes the bottleneck at that shape) and
 ``cost_vs_base``: the loader's seconds per batch at that shape over its seconds per batch at the base
-shape (same workers; 1 is the ideal, as for the model). It then times each transform of one sample per
-shape, to show where the time goes.
+shape (same workers; 1 is the ideal, as for the model). Batches are collated as in training
+(``StackingCollate`` around ``pseudo_collate``; ``--plain-collate``: ``pseudo_collate`` alone). It then
+times each transform of one sample per shape, to show where the time goes.
 
 ``--format rawframes`` measures the same clips as rawframes: the frames are extracted once (with the
 smaller copies the plan's grid shapes need, ``mmmultigrid.rawframes``) into ``--frames-dir``, and the
@@ -54,6 +55,7 @@ import mmmultigrid  # noqa: F401  (registers the components, repairs the stack)
 from mmaction.datasets import RawframeDataset, VideoDataset
 from mmaction.registry import TRANSFORMS
 from mmmultigrid.baseline import plan_from_config
+from mmmultigrid.collate import StackingCollate
 from mmmultigrid.lr_curve import parse_lr_schedulers
 from mmmultigrid.pipeline import ShapeVaryingPipeline, transform_name
 from mmmultigrid.plan import BaseShape, GridShape, MultigridOptions, MultigridPlan, Segment, build_plan
@@ -288,6 +290,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                         help='with --videos: base batch per GPU of the Kinetics plan (reference: 8)')
     parser.add_argument('--format', choices=('video', 'rawframes'), default='video',
                         help='load the videos, or frames extracted from them (with smaller copies)')
+    parser.add_argument('--plain-collate', action='store_true',
+                        help="mmengine's pseudo_collate alone (training wraps it in StackingCollate)")
     parser.add_argument('--frames-dir', type=Path,
                         help='where the rawframes are extracted (default: work_dirs/loader_frames/'
                         '<setup>; kept and reused)')
@@ -322,8 +326,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         dataset = setup.dataset(Path(tmp) / 'train_list.txt', length)
         sampler = MultigridSampler(DefaultSampler(dataset, shuffle=True, seed=args.seed),
                                    b.batch_size)
+        collate = pseudo_collate if args.plain_collate else StackingCollate(pseudo_collate)
         loader = DataLoader(dataset, batch_sampler=sampler, num_workers=args.num_workers,
-                            persistent_workers=True, collate_fn=pseudo_collate)
+                            persistent_workers=True, collate_fn=collate)
         sampler.set_plan(one_shape_plan(plan, base))
         for i, _ in enumerate(loader):  # start the workers, open the files once
             if i + 1 >= args.warmup:

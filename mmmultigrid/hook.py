@@ -9,7 +9,8 @@ config's chainable schedulers, which it overrides) and logs the batch's shape. W
 recomputes the BN statistics at the base shape before each validation and at the end
 (:mod:`mmmultigrid.precise_bn`). With ``loader_check``, it logs the loader's cost per grid shape at
 start-up and warns when data wait at a shape's first iterations says more workers are needed
-(:mod:`mmmultigrid.loader_check`). Its state travels in checkpoints, so ``--resume`` continues the same
+(:mod:`mmmultigrid.loader_check`); the train loader's batches travel from its workers as one tensor
+each (:mod:`mmmultigrid.collate`). Its state travels in checkpoints, so ``--resume`` continues the same
 plan.
 """
 from __future__ import annotations
@@ -30,6 +31,7 @@ from mmaction.registry import HOOKS
 
 from .baseline import plan_from_config
 from .batchnorm import describe_groups, neighbour_group, ranks_per_group, use_grouped_batchnorm
+from .collate import StackingCollate
 from .compile import compile_backbone
 from .loader_check import LoaderWatch
 from .plan import DEFAULT_LONG_CYCLE_FACTORS, DEFAULT_SHORT_CYCLE_FACTORS, GridShape, \
@@ -149,6 +151,9 @@ class MultigridHook(Hook):
                           loader_samples=self.loader_check)
         if self.loader_check:
             self.loader_watch = LoaderWatch(runner.train_dataloader.num_workers)
+        loader = runner.train_dataloader
+        if not isinstance(loader.collate_fn, StackingCollate):  # before the workers start
+            loader.collate_fn = StackingCollate(loader.collate_fn)
 
     def before_train_epoch(self, runner) -> None:
         if self.loader_watch is not None:
