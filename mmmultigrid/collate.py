@@ -2,9 +2,9 @@
 
 A torch ``DataLoader`` worker hands every tensor of a batch to the main process through its own
 shared-memory segment and file descriptor. With mmengine's ``pseudo_collate`` a batch is a list of clip
-tensors and a list of data samples, each holding a label tensor: two segments per clip, about 0.3 ms each
-whatever the clip's size. At the base shape that is noise; at multigrid's 128-clip batches of small clips
-it costs more than loading them (76 ms per batch of 128 x 3x4x32x32 against 6 ms for 8 x 3x16x64x64).
+tensors and a list of data samples, each holding a label tensor: two segments per clip, whatever the
+clip's size. At the base shape that is noise; at multigrid's 128-clip batches of small clips it costs
+more than loading them (``benchmarks/collate_ipc.py``).
 Every clip of a multigrid batch has the same shape, so :class:`StackingCollate` wraps the loader's collate
 function and marks its lists so that they cross the process boundary as one stacked tensor each and
 arrive as lists of views of it: the same values, types and layout the model's data preprocessor gets
@@ -22,9 +22,11 @@ def _unstack(stacked: torch.Tensor) -> 'StackedTensors':
 
 
 def stack_shared(tensors: list[torch.Tensor]) -> torch.Tensor:
-    """``torch.stack(tensors)`` written straight into shared memory: one copy, as sending them would."""
+    """``torch.stack(tensors)`` written straight into new shared memory (as torch's ``default_collate``
+    does in a worker): one copy of the bytes, as sending the tensors one by one would make."""
     first = tensors[0]
-    out = torch.empty((len(tensors), *first.shape), dtype=first.dtype).share_memory_()
+    storage = first._typed_storage()._new_shared(len(tensors) * first.numel(), device=first.device)
+    out = first.new(storage).resize_(len(tensors), *first.shape)
     return torch.stack(tensors, out=out)
 
 

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import pickle
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -11,6 +13,9 @@ from torch.utils.data import DataLoader, Dataset
 
 import mmmultigrid  # noqa: F401  (repairs the stack)
 from mmmultigrid.collate import LabelStackedSamples, StackedTensors, StackingCollate
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / 'benchmarks'))
+import collate_ipc  # noqa: E402
 
 
 class Clips(Dataset):
@@ -68,3 +73,12 @@ def test_pickling_keeps_the_worker_side_batch() -> None:
     assert torch.equal(torch.stack(copy['inputs']), torch.stack(batch['inputs']))
     assert StackingCollate(lambda b: b)([1, 2]) == [1, 2]
     assert repr(StackingCollate(pseudo_collate)).startswith('StackingCollate(<function pseudo_collate')
+
+
+def test_benchmark_reports_both_collates(tmp_path: Path) -> None:
+    out = tmp_path / 'ipc.json'
+    result = collate_ipc.main(['--cases', '4x3x2x8x8', '--batches', '2', '--out', str(out)])
+    (row,) = result['cases']
+    assert row['batch_size'] == 4 and row['clip_shape'] == [3, 2, 8, 8]
+    assert row['pseudo_collate_ms'] > 0 and row['stacking_collate_ms'] > 0
+    assert out.exists()
