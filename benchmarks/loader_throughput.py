@@ -357,11 +357,16 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                   machine=machine(), clips_per_shape=length, base_shape=dataclasses.asdict(base),
                   shapes=rows, profile_ms=prof, decode_vs_span_ms=spans, transforms=[transform_name(t)
                                                             for t in setup.transforms])
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(result, indent=2) + '\n')
-        print(f'wrote {args.out}')
+    write_result(args.out, result)
     return result
+
+
+def write_result(out: Path | None, result: dict[str, Any]) -> None:
+    """Write ``result`` as indented JSON to ``out`` (its folder made), if given, and say so."""
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result, indent=2) + '\n')
+        print(f'wrote {out}')
 
 
 if __name__ == '__main__':

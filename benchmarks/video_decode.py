@@ -63,7 +63,7 @@ BENCHMARKS = Path(__file__).resolve().parent
 if str(BENCHMARKS) not in sys.path:
     sys.path.insert(0, str(BENCHMARKS))
 
-from loader_throughput import VIDEO_SUFFIXES, machine  # noqa: E402  (also repairs the OpenMMLab stack)
+from loader_throughput import VIDEO_SUFFIXES, machine, write_result  # noqa: E402  (also repairs the OpenMMLab stack)
 from mmcv.transforms import Compose  # noqa: E402
 from mmengine.registry import init_default_scope  # noqa: E402
 
@@ -550,10 +550,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         encodings=enc_rows, decode=rows,
         spatial=[dict(clip_len=t, crop_size=s, frame_scale=f, ms=v) for (t, s, f), v in spatial_ms.items()],
         multigrid=grid, seconds=dict(encode=encode_s, timing=timing_s))
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(result, indent=2) + '\n')
-        print(f'wrote {args.out}')
+    write_result(args.out, result)
     return result
 
 

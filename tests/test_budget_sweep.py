@@ -83,13 +83,14 @@ def test_targets() -> None:
     assert [p['schedule'] for p in curve['points'] if p['above'] > 0.01] == [2]
 
 
-def test_tiny_two_length_sweep(tmp_path: Path) -> None:
-    """End to end: 2 lengths x 2 methods through tools/train.py, JSON and plot."""
+def tiny_sweep(tmp_path: Path, *args: str) -> tuple[subprocess.CompletedProcess, dict]:
+    """budget_sweep.py on a 2-class, 16-clip set with a 2-channel model, no extra seed; its output
+    and JSON."""
     out = tmp_path / 'sweep.json'
     proc = subprocess.run(
         [sys.executable, str(REPO / 'benchmarks' / 'budget_sweep.py'), '--preset', 'demo',
-         '--lengths', '1', '2', '--extra-seeds', '--validations', '2', '--work-dir',
-         str(tmp_path / 'work'), '--out', str(out), '--synthetic-root', str(tmp_path / 'data'),
+         '--extra-seeds', '--work-dir', str(tmp_path / 'work'), '--out', str(out),
+         '--synthetic-root', str(tmp_path / 'data'), *args,
          '--set', 'dataset.num_classes=2', 'dataset.train_clips_per_class=8',
          'dataset.val_clips_per_class=2', 'dataset.num_frames=16', 'dataset.width=64',
          'dataset.height=48', 'model.base_channels=2', 'pipeline.clip_len=8',
@@ -97,7 +98,13 @@ def test_tiny_two_length_sweep(tmp_path: Path) -> None:
          'schedule.milestones=[1]', 'schedule.batch_size=1', 'workers=0'],
         cwd=REPO, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    result = json.loads(out.read_text())
+    return proc, json.loads(out.read_text())
+
+
+def test_tiny_two_length_sweep(tmp_path: Path) -> None:
+    """End to end: 2 lengths x 2 methods through tools/train.py, JSON and plot."""
+    out = tmp_path / 'sweep.json'
+    proc, result = tiny_sweep(tmp_path, '--lengths', '1', '2', '--validations', '2')
     runs = result['runs']
     assert [(r['method'], r['schedule'], r['max_epochs']) for r in runs] == [
         ('baseline', 1, 2), ('multigrid', 1, 3), ('baseline', 2, 4), ('multigrid', 2, 6)]
@@ -116,20 +123,7 @@ def test_tiny_two_length_sweep(tmp_path: Path) -> None:
 def test_rawframes_sweep(tmp_path: Path) -> None:
     """--format rawframes: the frames are extracted once (with the copies of the plan) and both
     methods train from them through tools/train.py."""
-    out = tmp_path / 'sweep.json'
-    proc = subprocess.run(
-        [sys.executable, str(REPO / 'benchmarks' / 'budget_sweep.py'), '--preset', 'demo',
-         '--lengths', '1', '--extra-seeds', '--validations', '1', '--work-dir', str(tmp_path / 'work'),
-         '--out',
-         str(out), '--synthetic-root', str(tmp_path / 'data'), '--format', 'rawframes',
-         '--set', 'dataset.num_classes=2', 'dataset.train_clips_per_class=8',
-         'dataset.val_clips_per_class=2', 'dataset.num_frames=16', 'dataset.width=64',
-         'dataset.height=48', 'model.base_channels=2', 'pipeline.clip_len=8',
-         'pipeline.short_side=40', 'pipeline.crop_size=32', 'schedule.max_epochs=2',
-         'schedule.milestones=[1]', 'schedule.batch_size=1', 'workers=0'],
-        cwd=REPO, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    result = json.loads(out.read_text())
+    _, result = tiny_sweep(tmp_path, '--lengths', '1', '--validations', '1', '--format', 'rawframes')
     assert result['format'] == 'rawframes'
     assert [(r['method'], r['iterations'] > 0) for r in result['runs']] == [
         ('baseline', True), ('multigrid', True)]
