@@ -16,7 +16,7 @@ from .plan import BaseShape, MultigridOptions, MultigridPlan, build_plan
 
 OPTION_NAMES = tuple(f.name for f in dataclasses.fields(MultigridOptions))
 #: ``MultigridHook`` arguments that are not plan options, then the keys mmengine reads from the entry.
-HOOK_ARGS = ('grouped_bn', 'preflight', 'trace', 'precise_bn', 'loader_check')
+HOOK_ARGS = ('grouped_bn', 'preflight', 'trace', 'precise_bn', 'loader_check', 'measure_steps')
 ENTRY_KEYS = ('type', 'priority')
 
 
@@ -37,12 +37,22 @@ def train_transforms(cfg: Mapping[str, Any]) -> list[dict]:
     return list(pipeline)
 
 
-def hook_options(cfg: Mapping[str, Any]) -> MultigridOptions:
-    """The ``MultigridOptions`` given to the ``MultigridHook`` entry of ``custom_hooks``."""
+def hook_entry(cfg: Mapping[str, Any]) -> Mapping[str, Any]:
+    """The ``MultigridHook`` entry of ``custom_hooks`` (empty when there is none)."""
     hooks = [h for h in cfg.get('custom_hooks') or [] if transform_name(h) == 'MultigridHook']
     if len(hooks) > 1:
         raise ValueError(f'custom_hooks holds {len(hooks)} MultigridHook entries; keep one')
-    given = hooks[0] if hooks else {}
+    return hooks[0] if hooks else {}
+
+
+def grouped_bn_enabled(cfg: Mapping[str, Any]) -> bool:
+    """Whether the config's ``MultigridHook`` groups batch norm (its ``grouped_bn``, default on)."""
+    return bool(hook_entry(cfg).get('grouped_bn', True))
+
+
+def hook_options(cfg: Mapping[str, Any]) -> MultigridOptions:
+    """The ``MultigridOptions`` given to the ``MultigridHook`` entry of ``custom_hooks``."""
+    given = hook_entry(cfg)
     unknown = sorted(set(given) - set(OPTION_NAMES + HOOK_ARGS + ENTRY_KEYS))
     if unknown:
         raise TypeError(f'custom_hooks: MultigridHook has no argument {", ".join(unknown)}; its '

@@ -41,6 +41,7 @@ from .precise_bn import grid_loader, update_bn_stats
 from .preflight import run_preflight
 from .report import format_plan
 from .sampler import MultigridSampler
+from .step_time import format_step_times, measure_plan
 
 CHECKPOINT_KEY = 'multigrid'
 
@@ -59,6 +60,9 @@ class MultigridHook(Hook):
         loader_check: Clips loaded per grid shape at start-up to log the loader's cost per shape (with
             a warning where it will not keep up); and, when not 0, the data wait of the first
             iterations at each shape is watched (a warning says how many workers would keep up).
+        measure_steps: Training iterations timed at every grid shape and the base shape at start-up
+            (random inputs; the weights and optimizer state are restored), logged with the predicted
+            wall-clock speed-up of the plan (:mod:`mmmultigrid.step_time`); 0 turns it off.
         trace: Append one JSON line per iteration (epoch, iter, batch_size, clip_len, crop_size, lr)
             to ``<work_dir>/multigrid_trace.rank<R>.jsonl`` on every rank, and at the end of training
             a line with the SHA-256 of the weights.
@@ -79,7 +83,8 @@ class MultigridHook(Hook):
                  preflight: bool = True,
                  trace: bool = False,
                  precise_bn: int = 0,
-                 loader_check: int = 2) -> None:
+                 loader_check: int = 2,
+                 measure_steps: int = 0) -> None:
         self.options = MultigridOptions(long_cycle, short_cycle, long_cycle_factors,
                                         short_cycle_factors, epoch_factor, bn_base_size,
                                         cycle_milestones)
@@ -97,6 +102,10 @@ class MultigridHook(Hook):
             raise ValueError('MultigridHook.loader_check must be an int >= 0 (clips per grid shape; 0 '
                              f'turns it off), got {loader_check!r}')
         self.loader_check = loader_check
+        if isinstance(measure_steps, bool) or not isinstance(measure_steps, int) or measure_steps < 0:
+            raise ValueError('MultigridHook.measure_steps must be an int >= 0 (iterations timed per grid '
+                             f'shape; 0 turns it off), got {measure_steps!r}')
+        self.measure_steps = measure_steps
         self.loader_watch: LoaderWatch | None = None
         self._shape: GridShape | None = None
         self.plan: MultigridPlan | None = None
@@ -149,6 +158,10 @@ class MultigridHook(Hook):
             run_preflight(runner, plan, bn_groups=self.grouped_bn,
                           samples_per_rank=self.sampler.samples_per_rank,
                           loader_samples=self.loader_check)
+        if self.measure_steps:
+            times = measure_plan(model, runner.optim_wrapper, plan, model.cls_head.num_classes,
+                                 self.measure_steps)
+            print_log(format_step_times(plan, times, self.sampler.samples_per_rank), logger='current')
         if self.loader_check:
             self.loader_watch = LoaderWatch(runner.train_dataloader.num_workers)
         loader = runner.train_dataloader
