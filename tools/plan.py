@@ -35,6 +35,7 @@ from mmengine.logging import MMLogger  # noqa: E402
 from mmengine.registry import init_default_scope  # noqa: E402
 
 from mmmultigrid.baseline import plan_from_config  # noqa: E402
+from mmmultigrid.embeddings import adapt_embeddings  # noqa: E402
 from mmmultigrid.feature_map import (FeatureMap, feature_map_warnings,  # noqa: E402
                                      format_feature_maps, measure_feature_maps)
 from mmmultigrid.loader_check import (format_loader_costs, loader_cost_warnings,  # noqa: E402
@@ -71,9 +72,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def build_model(cfg: Config) -> torch.nn.Module:
-    """The config's model on the CPU; ``init_weights`` is not called, so nothing is downloaded."""
+    """The config's model on the CPU, with the embeddings adapted as ``MultigridHook`` adapts them;
+    ``init_weights`` is not called, so nothing is downloaded."""
     init_default_scope(cfg.get('default_scope', 'mmaction'))
-    return MODELS.build(cfg.model).cpu()
+    model = MODELS.build(cfg.model).cpu()
+    adapt_embeddings(model)
+    return model
 
 
 def feature_map_rows(plan: MultigridPlan, maps: dict[GridShape, tuple[FeatureMap, ...]],
