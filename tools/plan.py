@@ -34,7 +34,7 @@ from mmengine.config import Config, DictAction  # noqa: E402
 from mmengine.logging import MMLogger  # noqa: E402
 from mmengine.registry import init_default_scope  # noqa: E402
 
-from mmmultigrid.baseline import plan_from_config  # noqa: E402
+from mmmultigrid.baseline import base_variable_hint, plan_from_config  # noqa: E402
 from mmmultigrid.embeddings import adapt_embeddings  # noqa: E402
 from mmmultigrid.feature_map import (FeatureMap, feature_map_warnings,  # noqa: E402
                                      format_feature_maps, measure_feature_maps)
@@ -195,7 +195,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the tool; returns the exit status."""
     args = parse_args(argv)
     try:
-        cfg = Config.fromfile(args.config)
+        with base_variable_hint(args.config):
+            cfg = Config.fromfile(args.config)
         if args.cfg_options:
             cfg.merge_from_dict(args.cfg_options)
         plan = plan_from_config(cfg, args.gpus)
