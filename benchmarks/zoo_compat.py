@@ -9,14 +9,18 @@ config file of ``_base_ = [CONFIG]`` plus those lines, read as the user's would 
    pretrained weights (``pretrained``/``pretrained2d``/``clip_pretrained`` off, ``init_weights`` not
    called), adapted as ``MultigridHook`` adapts it (grouped batch norm, :mod:`mmmultigrid.embeddings`),
    the model checks of preflight (SlowFast strides, embeddings), then at every distinct (T, S) of the
-   plan one training step's forward (``mode='loss'``, random clips and labels) and backward on a batch
-   of ``--batch`` clips. A shape whose forward fails is explained as preflight would
+   plan, cheapest first, one training step's forward (``mode='loss'``, random clips and labels) and
+   backward on a batch of ``--batch`` clips. The base shape is skipped unless ``--base-shape``: it is
+   the config's own training shape, where the adapted model is the plain one (tests/test_embeddings.py)
+   and by far the dearest step on a CPU. A shape whose forward fails is explained as preflight would
    (:func:`mmmultigrid.shape_failure.explain_failure`).
 
 Statuses: ``trains`` (every step ran), ``refused`` (a start-up error that names its cause),
 ``not applicable`` (a test-only config: no training to change), ``crash`` (any other error, including a
 shape that preflight lets through and training cannot run), ``timeout`` (the model check did not end
-within ``--timeout`` seconds). Configs whose model and grid shapes are the same (they differ in data,
+within ``--timeout`` seconds; the shapes that ran are listed). A batch of 1 clip cannot train batch
+norm where a feature map is 1 x 1 x 1 (PyTorch needs more than one value per channel): ``--batch 2``
+there. Configs whose model and grid shapes are the same (they differ in data,
 schedule or number of classes) share one model check: ``checked_by`` names the config that stood for
 them.
 
@@ -39,7 +43,7 @@ import traceback
 from collections import Counter, defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run from a checkout
@@ -92,7 +96,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument('--limit', type=int, help='at most this many configs per family')
     parser.add_argument('--gpus', type=int, default=8, help='world size the plan is made for')
     parser.add_argument('--batch', type=int, default=1, help='clips per forward/backward')
-    parser.add_argument('--timeout', type=float, default=300, help='seconds per model check')
+    parser.add_argument('--timeout', type=float, default=240, help='seconds per model check')
+    parser.add_argument('--base-shape', action='store_true',
+                        help="also run the base shape (the config's own, where the adapted model is "
+                        'the plain one)')
     parser.add_argument('--jobs', type=int, default=1, help='model checks run at the same time')
     parser.add_argument('--out', type=Path, help='JSON results')
     parser.add_argument('--markdown', type=Path, help='the table by family, as markdown')
@@ -204,9 +211,12 @@ def config_refusal(cfg: Config, plan: MultigridPlan) -> str | None:
     return None
 
 
-def model_check(path: Path, gpus: int, batch: int) -> dict[str, Any]:
+def model_check(path: Path, gpus: int, batch: int, base_shape: bool = False,
+                progress: Callable[[dict], None] = lambda step: None) -> dict[str, Any]:
     """Build and adapt the model of ``path`` (four lines applied) and run a training step's forward and
-    backward at every distinct (T, S) of its plan; the result entry (status, reason, seconds)."""
+    backward at every distinct (T, S) of its plan, cheapest first, but the base shape unless
+    ``base_shape`` (the config's own, where the adapted model is the plain one); the result entry
+    (status, reason, seconds). ``progress`` gets each step's entry as it ends."""
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as folder:
         cfg = multigrid_config(path, Path(folder))
@@ -222,8 +232,9 @@ def model_check(path: Path, gpus: int, batch: int) -> dict[str, Any]:
         raise Refused(f'{type(exc).__name__}: {exc}') from None
     if problems:
         raise Refused(problems[0])
-    shapes = sorted({(s.clip_len, s.crop_size) for s in plan.shape_segments()},
-                    key=lambda k: k[0] * k[1] ** 2)
+    base = (plan.base.clip_len, plan.base.crop_size)
+    shapes = sorted({(s.clip_len, s.crop_size) for s in plan.shape_segments()} - (
+        set() if base_shape else {base}), key=lambda k: k[0] * k[1] ** 2)
     num_classes = cfg.model.get('cls_head', {}).get('num_classes', 1)
     timings = []
     for clip_len, crop_size in shapes:
@@ -240,10 +251,11 @@ def model_check(path: Path, gpus: int, batch: int) -> dict[str, Any]:
             raise  # start-up lets the shape through, training fails at it
         timings.append(dict(clip_len=clip_len, crop_size=crop_size,
                             seconds=round(time.perf_counter() - step, 2)))
-    return dict(status='trains', reason=f'forward and backward of {batch} clip(s) at '
-                f'{len(shapes)} grid shapes (T x S: '
-                f'{", ".join(f"{t}x{s}" for t, s in shapes)})', adapted=adapted, steps=timings,
-                seconds=round(time.perf_counter() - start, 1))
+        progress(timings[-1])
+    skipped = '' if base_shape else f' (and not at the base shape {base[0]}x{base[1]})'
+    return dict(status='trains', reason=f'a training step of {batch} clip(s) at {len(shapes)} grid '
+                f'shapes, T x S: {", ".join(f"{t}x{s}" for t, s in shapes)}{skipped}',
+                adapted=adapted, steps=timings, seconds=round(time.perf_counter() - start, 1))
 
 
 def train_step(model: torch.nn.Module, batch: int, clip_len: int, crop_size: int,
@@ -259,11 +271,12 @@ def train_step(model: torch.nn.Module, batch: int, clip_len: int, crop_size: int
         model.zero_grad(set_to_none=True)
 
 
-def check_one(path: Path, gpus: int, batch: int) -> dict[str, Any]:
+def check_one(path: Path, gpus: int, batch: int, base_shape: bool = False,
+              progress: Callable[[dict], None] = lambda step: None) -> dict[str, Any]:
     """:func:`model_check` with every outcome turned into a result entry."""
     torch.manual_seed(0)
     try:
-        return model_check(path, gpus, batch)
+        return model_check(path, gpus, batch, base_shape, progress)
     except NotApplicable as exc:
         return dict(status='not applicable', reason=str(exc))
     except Refused as exc:
@@ -280,14 +293,18 @@ def one_line(text: str) -> str:
 def run_in_subprocess(path: Path, args: argparse.Namespace) -> dict[str, Any]:
     """:func:`check_one` in a fresh interpreter (one thread), ended after ``args.timeout`` seconds."""
     command = [sys.executable, __file__, '--check', str(path), '--gpus', str(args.gpus), '--batch',
-               str(args.batch)]
+               str(args.batch)] + (['--base-shape'] if args.base_shape else [])
     env = dict(os.environ, OMP_NUM_THREADS='1', PYTHONPATH=str(REPO))
     start = time.perf_counter()
     try:
         done = subprocess.run(command, capture_output=True, text=True, timeout=args.timeout, env=env)
-    except subprocess.TimeoutExpired:
+    except subprocess.TimeoutExpired as exc:  # its output is bytes, whatever text=True says
+        output = exc.stdout.decode() if isinstance(exc.stdout, bytes) else exc.stdout or ''
+        steps = [json.loads(line) for line in output.splitlines() if line.startswith('{"clip_len"')]
+        ran = ', '.join(f'{s["clip_len"]}x{s["crop_size"]}' for s in steps) or 'none'
         return dict(status='timeout', reason=f'the model check did not end within {args.timeout:g} s '
-                    f'(CPU, 1 thread, batch {args.batch})', seconds=round(time.perf_counter() - start))
+                    f'(CPU, 1 thread, batch {args.batch}); the grid shapes (T x S) whose training step '
+                    f'ran: {ran}', steps=steps, seconds=round(time.perf_counter() - start))
     lines = done.stdout.strip().splitlines()
     if done.returncode or not lines:
         return dict(status='crash', reason=one_line(f'the check process ended with status '
@@ -354,7 +371,9 @@ def short(text: str, limit: int = 300) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     if args.check:
-        print(json.dumps(check_one(args.check, args.gpus, args.batch)))
+        def progress(step: dict) -> None:
+            print(json.dumps(step), flush=True)
+        print(json.dumps(check_one(args.check, args.gpus, args.batch, args.base_shape, progress)))
         return 0
     paths = args.configs or find_configs(args.families.split(',') if args.families else None,
                                          args.limit)

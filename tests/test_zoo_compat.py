@@ -59,7 +59,7 @@ def test_transformer_with_fixed_embeddings_trains(zoo: ModuleType, tmp_path: Pat
     result = zoo.check_one(training_config(tmp_path / 'tsf.py', TIMESFORMER), gpus=8, batch=1)
     assert result['status'] == 'trains', result
     assert {(s['clip_len'], s['crop_size']) for s in result['steps']} == {
-        (2, 16), (2, 23), (4, 16), (4, 23), (4, 32), (8, 16), (8, 23), (8, 32)}
+        (2, 16), (2, 23), (4, 16), (4, 23), (4, 32), (8, 16), (8, 23)}  # all but the base shape
     assert result['adapted'][0].startswith('backbone (TimeSformer): pos_embed (4x4 patches')
 
 
@@ -86,3 +86,11 @@ def test_a_model_error_is_a_crash_with_its_message(zoo: ModuleType, tmp_path: Pa
     result = zoo.check_one(training_config(tmp_path / 'bad_head.py', model), gpus=8, batch=2)
     assert result['status'] == 'crash'  # the backbone runs every shape, the head takes 33 channels
     assert 'mat1 and mat2 shapes cannot be multiplied' in result['reason']
+
+
+def test_a_check_past_its_time_limit_is_a_timeout(zoo: ModuleType, tmp_path: Path) -> None:
+    args = zoo.parse_args(['--timeout', '1'])
+    result = zoo.run_in_subprocess(training_config(tmp_path / 'r3d.py', R3D.format(classes=4)), args)
+    assert result['status'] == 'timeout'
+    assert result['reason'].startswith('the model check did not end within 1 s')
+    assert result['reason'].endswith('ran: none')
