@@ -8,7 +8,9 @@ the final crop/resize, inside ``ShapeVaryingPipeline`` or not), the schedule fro
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator, Mapping
 
 from .lr_curve import parse_lr_schedulers
 from .pipeline import describe_pipeline, transform_name
@@ -23,6 +25,11 @@ ENTRY_KEYS = ('type', 'priority')
 def train_transforms(cfg: Mapping[str, Any]) -> list[dict]:
     """The user's train transforms: the inside of ``ShapeVaryingPipeline`` if it is used."""
     dataset = cfg.get('train_dataloader', {}).get('dataset', {})
+    if 'dataset' in dataset or 'datasets' in dataset:
+        raise ValueError(f'train_dataloader.dataset is a {transform_name(dataset)}, which recomputes '
+                         'the indices it passes on and so drops the grid shape each one carries; '
+                         'multigrid needs the dataset itself there: merge the annotation files into '
+                         'one ann_file of a single dataset')
     pipeline = dataset.get('pipeline')
     if pipeline is None:
         raise ValueError('train_dataloader.dataset.pipeline is missing: multigrid reads the base clip '
@@ -69,6 +76,9 @@ def base_shape(cfg: Mapping[str, Any]) -> BaseShape:
 def plan_from_config(cfg: Mapping[str, Any], world_size: int,
                      options: MultigridOptions | None = None) -> MultigridPlan:
     """The multigrid plan for ``cfg`` trained on ``world_size`` processes."""
+    if not cfg.get('train_dataloader'):
+        raise ValueError('the config has no train_dataloader: it is a test-only config, and multigrid '
+                         'changes training only; start from a config that trains the model')
     max_epochs = cfg.get('train_cfg', {}).get('max_epochs')
     if cfg.get('train_cfg', {}).get('type', 'EpochBasedTrainLoop') != 'EpochBasedTrainLoop' or (
             max_epochs is None):
@@ -82,3 +92,19 @@ def plan_from_config(cfg: Mapping[str, Any], world_size: int,
         raise ValueError(f'optim_wrapper.optimizer.lr must be a positive number, got {base_lr!r}')
     curve = parse_lr_schedulers(cfg.get('param_scheduler'), max_epochs, float(base_lr))
     return build_plan(base_shape(cfg), options or hook_options(cfg), curve, max_epochs, world_size)
+
+
+@contextmanager
+def base_variable_hint(path: str) -> Iterator[None]:
+    """Around ``Config.fromfile(path)``: mmengine's bare ``KeyError: 'train_pipeline'`` for a
+    ``{{_base_.NAME}}`` that the base config lacks becomes a ``ValueError`` that says so."""
+    try:
+        yield
+    except KeyError as exc:
+        name = exc.args[0] if exc.args else None
+        if not isinstance(name, str) or f'_base_.{name}' not in Path(path).read_text():
+            raise
+        hint = (' (test-only configs have no train_pipeline: multigrid changes training only, so start '
+                'from a config that trains the model)' if name == 'train_pipeline' else '')
+        raise ValueError(f'{path} uses {{{{_base_.{name}}}}}, which its base config does not define'
+                         f'{hint}') from None

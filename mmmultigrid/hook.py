@@ -2,7 +2,8 @@
 
 At ``before_train`` it makes the plan from the config, hands it to ``MultigridSampler``, sets the loop's
 stretched ``max_epochs`` and exact total iterations (so progress and ETA are right), switches batch norm
-to groups of ``bn_base_size`` clips (logging how each batch size is grouped), compiles the backbone for
+to groups of ``bn_base_size`` clips (logging how each batch size is grouped), makes fixed-size
+position embeddings follow the grid shape (:mod:`mmmultigrid.embeddings`), compiles the backbone for
 every grid shape when the config sets ``compile`` (:mod:`mmmultigrid.compile`) and runs the preflight
 checks. Every iteration it sets the LR from the plan (absolute values: nothing compounds with the
 config's chainable schedulers, which it overrides) and logs the batch's shape. With ``precise_bn``, it
@@ -33,6 +34,7 @@ from .baseline import plan_from_config
 from .batchnorm import describe_groups, neighbour_group, ranks_per_group, use_grouped_batchnorm
 from .collate import StackingCollate
 from .compile import compile_backbone
+from .embeddings import adapt_embeddings
 from .loader_check import LoaderWatch
 from .plan import DEFAULT_LONG_CYCLE_FACTORS, DEFAULT_SHORT_CYCLE_FACTORS, GridShape, \
     MultigridOptions, MultigridPlan
@@ -149,6 +151,8 @@ class MultigridHook(Hook):
                   logger='current')
         if converted:
             make_bn_groups(plan)
+        for adapted in adapt_embeddings(model):
+            print_log(f'MultigridHook: {adapted}', logger='current')
         if runner.cfg.get('compile'):  # before preflight, whose forward passes then compile too
             vars(runner.model).pop('train_step', None)  # mmengine's compiled one, see compile.py
             num_shapes = len(plan.shape_segments())

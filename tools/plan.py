@@ -40,8 +40,9 @@ from mmengine.config import Config, DictAction  # noqa: E402
 from mmengine.logging import MMLogger  # noqa: E402
 from mmengine.registry import init_default_scope  # noqa: E402
 
-from mmmultigrid.baseline import grouped_bn_enabled, plan_from_config  # noqa: E402
+from mmmultigrid.baseline import base_variable_hint, grouped_bn_enabled, plan_from_config  # noqa: E402
 from mmmultigrid.batchnorm import use_grouped_batchnorm  # noqa: E402
+from mmmultigrid.embeddings import adapt_embeddings  # noqa: E402
 from mmmultigrid.feature_map import (FeatureMap, feature_map_warnings,  # noqa: E402
                                      format_feature_maps, measure_feature_maps)
 from mmmultigrid.loader_check import (format_loader_costs, loader_cost_warnings,  # noqa: E402
@@ -85,15 +86,19 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def build_model(cfg: Config) -> torch.nn.Module:
-    """The config's model on the CPU; ``init_weights`` is not called, so nothing is downloaded."""
+    """The config's model on the CPU, with the embeddings adapted as ``MultigridHook`` adapts them;
+    ``init_weights`` is not called, so nothing is downloaded."""
     init_default_scope(cfg.get('default_scope', 'mmaction'))
-    return MODELS.build(cfg.model).cpu()
+    model = MODELS.build(cfg.model).cpu()
+    adapt_embeddings(model)
+    return model
 
 
 def measure_steps(cfg: Config, plan: MultigridPlan, steps: int) -> StepTimes:
     """Seconds per training iteration at every shape of ``plan`` on the device the run would use."""
     device = torch.device('cuda' if torch.cuda.is_available() else 'cpu')
     model, optim_wrapper, num_classes = build_trainable(cfg, device)
+    adapt_embeddings(model)
     if grouped_bn_enabled(cfg):
         use_grouped_batchnorm(model, plan.options.bn_base_size)
     return measure_plan(model, optim_wrapper, plan, num_classes, steps)
@@ -214,7 +219,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the tool; returns the exit status."""
     args = parse_args(argv)
     try:
-        cfg = Config.fromfile(args.config)
+        with base_variable_hint(args.config):
+            cfg = Config.fromfile(args.config)
         if args.cfg_options:
             cfg.merge_from_dict(args.cfg_options)
         plan = plan_from_config(cfg, args.gpus)
