@@ -39,6 +39,8 @@
 #   speedup.png             the side-by-side plot
 #   device_check.tar.gz     results/: every step's JSON and log, env.json, steps.tsv, install.log
 # Exit status: 0 if every step passed, 1 if one did not, 2 if a prerequisite is missing.
+# DEVICE_CHECK_STEPS='plan_i3d compile' runs only the steps named (and env), for a second try in the
+# time left; DEVICE_CHECK_BUDGET_S sets the total budget (450 s; dry run 1350 s).
 #
 # --dry-run runs the steps on CPU at the smallest sizes, without a GPU, with 3x the time limits: --amp
 # needs CUDA, so the AMP steps are skipped; compile runs in float32 with the 'eager' backend; speedup (minutes on CPU, no
@@ -137,6 +139,10 @@ REPORT=()
 run_step() {
   local name=$1 limit=$2 stdout start=$SECONDS status
   shift 2
+  if [[ -n ${DEVICE_CHECK_STEPS:-} && $name != env && " $DEVICE_CHECK_STEPS " != *" $name "* ]]; then
+    skip_step "$name" 'not in DEVICE_CHECK_STEPS'
+    return
+  fi
   stdout=$RESULTS/$name.log
   if [[ $1 == --stdout ]]; then stdout=$2; shift 2; fi
   local left=$((BUDGET_S - SECONDS))

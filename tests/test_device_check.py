@@ -62,6 +62,18 @@ def test_dry_run_runs_every_step_on_cpu(tmp_path: Path) -> None:
         assert json.loads((results / 'plan_synthetic.json').read_text())['step_times']['steps'] == 1
 
 
+def test_steps_can_be_selected_for_a_second_try(tmp_path: Path) -> None:
+    run(['bash', str(SCRIPT), '--dry-run'], OUT=str(tmp_path), PYTHON=sys.executable,
+        DEVICE_CHECK_STEPS='speedup_arguments')
+    summary = json.loads((tmp_path / 'summary.json').read_text())
+    status = {step['name']: step['status'] for step in summary['steps']}
+    assert status.pop('env') == status.pop('speedup_arguments') == 'ok'
+    for name in ('stack_fixes', 'shape_cost_fp32', 'preflight_fp32', 'compile'):
+        assert status.pop(name) == 'skipped: not in DEVICE_CHECK_STEPS'
+    assert all(value.startswith('skipped: ') for value in status.values())
+    assert summary['ok']
+
+
 @pytest.mark.skipif(shutil.which('nvidia-smi') is not None, reason='this machine has nvidia-smi')
 def test_without_a_gpu_it_stops_early_and_says_why(tmp_path: Path) -> None:
     proc = run(['bash', str(SCRIPT)], check=False, OUT=str(tmp_path))
