@@ -194,7 +194,7 @@ run_step shape_cost_fp32 50 "$PYTHON" benchmarks/shape_cost.py "${SHAPE_COST[@]}
   --out "$RESULTS/shape_cost_fp32.json"
 for entry in "${PLAN_CONFIGS[@]}"; do
   if grep -q -- '--measure-steps' tools/plan.py; then
-    run_step "plan_${entry%%:*}" 40 --stdout "$RESULTS/plan_${entry%%:*}.json" "$PYTHON" tools/plan.py \
+    run_step "plan_${entry%%:*}" 50 --stdout "$RESULTS/plan_${entry%%:*}.json" "$PYTHON" tools/plan.py \
       "${entry#*:}" --gpus 1 --dataset-length "$DATASET_LENGTH" --measure-steps "$MEASURE_STEPS" --json
   else
     skip_step "plan_${entry%%:*}" 'tools/plan.py has no --measure-steps'
