@@ -167,7 +167,7 @@ def summary(results: Path, dry_run: bool, final: bool) -> dict[str, Any]:
             for row in csv.DictReader(f, delimiter='\t'):
                 log = results / f'{row["step"]}.log'
                 step = dict(name=row['step'], status=row['status'], seconds=int(row['seconds']))
-                if row['status'] != 'ok':
+                if row['status'] != 'ok' and not row['status'].startswith('skipped'):
                     step['last_line'] = last_line(log)
                 if pytest_result(log):
                     step['tests'] = pytest_result(log)
