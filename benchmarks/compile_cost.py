@@ -43,8 +43,8 @@ from torch._dynamo.utils import counters
 from mmmultigrid.batchnorm import use_grouped_batchnorm
 from mmmultigrid.compile import compile_backbone
 from mmmultigrid.plan import GridShape, MultigridOptions
-from shape_cost import MODEL_CONFIGS, WORLD_SIZE, build_model, machine_info, plan_shapes, scale_shape, \
-    sync
+from mmmultigrid.step_time import sync
+from shape_cost import MODEL_CONFIGS, WORLD_SIZE, build_model, machine_info, plan_shapes, scale_shape
 
 #: name: (model config, multigrid config, world size of the plan)
 MODELS = {'r3d': ('configs/synthetic_r3d_baseline.py', 'configs/synthetic_r3d_multigrid.py', 1),

@@ -22,6 +22,8 @@ Validation and test run the backbone eagerly: their batch sizes are not grid sha
 """
 from __future__ import annotations
 
+import inspect
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -32,6 +34,26 @@ STRATEGIES: dict[bool | None, str] = {
     None: 'automatic dynamic shapes (static at the first shape, then dynamic where shapes changed)',
     True: 'dynamic shapes (every dimension symbolic)',
 }
+
+
+def _compile_with_recompile_limit(fn: Callable[..., Any], limit: int,
+                                  **options: Any) -> Callable[..., Any]:
+    """``torch.compile(fn, **options)`` whose frames compile at most ``limit`` times, then raise
+    ``FailOnRecompileLimitHit``.
+
+    torch >= 2.13 takes ``recompile_limit`` and ``isolate_recompiles`` (a cache of its own) in
+    ``torch.compile``; earlier versions (2.11 on the GPU image) have only dynamo's process-wide
+    ``recompile_limit`` and ``fail_on_recompile_limit_hit``, so they are set around each call.
+    """
+    if 'recompile_limit' in inspect.signature(torch.compile).parameters:
+        return torch.compile(fn, recompile_limit=limit, isolate_recompiles=True, **options)
+    compiled = torch.compile(fn, **options)
+
+    def limited(*args: Any, **kwargs: Any) -> Any:
+        with torch._dynamo.config.patch(recompile_limit=limit, fail_on_recompile_limit_hit=True):
+            return compiled(*args, **kwargs)
+
+    return limited
 
 
 def compile_backbone(model: nn.Module, num_shapes: int, compile_cfg: bool | dict[str, Any]) -> str:
@@ -52,8 +74,8 @@ def compile_backbone(model: nn.Module, num_shapes: int, compile_cfg: bool | dict
         raise TypeError(f'compile: MultigridHook compiles model.backbone, which {type(model).__name__} '
                         'lacks; remove compile from the config')
     eager = backbone.forward
-    compiled = torch.compile(eager, fullgraph=True, dynamic=dynamic, recompile_limit=num_shapes,
-                             isolate_recompiles=True, **options)
+    compiled = _compile_with_recompile_limit(eager, num_shapes, fullgraph=True, dynamic=dynamic,
+                                             **options)
 
     def forward(*args: Any, **kwargs: Any) -> Any:
         return (compiled if backbone.training else eager)(*args, **kwargs)

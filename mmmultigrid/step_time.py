@@ -86,7 +86,8 @@ def random_batch(shape: GridShape, num_classes: int,
     return inputs, [ActionDataSample().set_gt_label(label) for label in labels]
 
 
-def _sync(device: torch.device) -> None:
+def sync(device: torch.device) -> None:
+    """Wait for the work queued on ``device`` (a no-op on the CPU), so that timers read its end."""
     if device.type == 'cuda':
         torch.cuda.synchronize(device)
 
@@ -97,12 +98,12 @@ def train_step(model: torch.nn.Module, optim_wrapper: OptimWrapper,
     device = batch[0].device
     if device.type == 'cuda':
         torch.cuda.reset_peak_memory_stats(device)
-    _sync(device)
+    sync(device)
     start = time.perf_counter()
     with optim_wrapper.optim_context(model):
         losses = model(*batch, mode='loss')
     optim_wrapper.update_params(sum(losses.values()))
-    _sync(device)
+    sync(device)
     seconds = time.perf_counter() - start
     peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == 'cuda' else None
     return seconds, peak
