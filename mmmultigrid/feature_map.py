@@ -13,6 +13,7 @@ import torch
 from mmengine.logging import print_log
 
 from .plan import GridShape, MultigridPlan, describe_use, epoch_ranges, shapes_in_use
+from .segments import clip_batch, map_size
 
 #: Smallest H' and W' of the backbone's output measured to still teach. ResNet3d of total spatial stride
 #: 32 on the synthetic set, 64 px base crop: 2x2 at the base crop, 1x1 at the 32 px short-cycle crop,
@@ -28,12 +29,12 @@ def measure_feature_maps(model: torch.nn.Module,
                          plan: MultigridPlan) -> dict[GridShape, tuple[FeatureMap, ...]]:
     """For every grid shape of the plan (order of first use), (T', H', W') of each backbone output.
 
-    ``model`` is a ``Recognizer3D`` (not wrapped); SlowFast backbones give two outputs (slow, fast).
+    ``model`` is a recognizer (not wrapped); SlowFast backbones give two outputs (slow, fast); a
+    ``Recognizer2D``'s T' is its frames (segments) per clip.
     One forward of a single zero clip per distinct (T, S), without gradients, in eval mode on the
     model's device; every module's training flag is restored afterwards and eval mode leaves the
     batch-norm buffers untouched. A forward that fails raises ``RuntimeError`` naming the shape.
     """
-    param = next(model.parameters())
     modes = [(module, module.training) for module in model.modules()]
     sizes: dict[tuple[int, int], tuple[FeatureMap, ...]] = {}
     model.eval()
@@ -43,15 +44,14 @@ def measure_feature_maps(model: torch.nn.Module,
                 key = (shape.clip_len, shape.crop_size)
                 if key in sizes:
                     continue
-                inputs = torch.zeros(1, 1, 3, shape.clip_len, shape.crop_size, shape.crop_size,
-                                     device=param.device, dtype=param.dtype)
+                inputs = clip_batch(model, 1, shape.clip_len, shape.crop_size)
                 try:
                     feats = model.extract_feat(inputs, stage='backbone')[0]
                 except RuntimeError as error:
                     raise RuntimeError(f'{describe_use(shape, [segment])}: the backbone cannot run a '
                                        f'clip of this shape ({error})') from None
                 outputs = feats if isinstance(feats, tuple) else (feats, )
-                sizes[key] = tuple(tuple(int(n) for n in f.shape[-3:]) for f in outputs)
+                sizes[key] = tuple(map_size(f, 1) for f in outputs)
     finally:
         for module, training in modes:
             module.training = training

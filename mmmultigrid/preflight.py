@@ -17,6 +17,7 @@ from .feature_map import log_feature_maps
 from .loader_check import format_loader_costs, loader_cost_warnings, measure_loader_costs
 from .pipeline import FINAL_SIZE_KEYS, ShapeVaryingPipeline, transform_name
 from .plan import GridShape, MultigridPlan, Segment, describe_use, shapes_in_use
+from .segments import clip_batch
 
 
 class PreflightError(ValueError):
@@ -83,13 +84,13 @@ def forward_backward(module: torch.nn.Module, shape: GridShape, device: torch.de
                      optim_wrapper: OptimWrapper | None = None) -> None:
     """One forward/backward of a zero batch of ``shape`` through the recognizer's ``extract_feat``.
 
-    The input is (N, num_crops=1, C, T, H, W), the layout ``Recognizer3D`` takes. The forward runs in
-    ``optim_wrapper.optim_context``, as training's does (autocast with ``AmpOptimWrapper``). The model's
-    buffers (batch-norm running statistics) are restored afterwards and the gradients cleared.
+    The input is in the recognizer's layout (:func:`~mmmultigrid.segments.clip_batch`). The forward
+    runs in ``optim_wrapper.optim_context``, as training's does (autocast with ``AmpOptimWrapper``).
+    The model's buffers (batch-norm running statistics) are restored afterwards and the gradients
+    cleared.
     """
     saved = [buffer.detach().clone() for buffer in module.buffers()]
-    inputs = torch.zeros(shape.batch_size, 1, 3, shape.clip_len, shape.crop_size, shape.crop_size,
-                         device=device)
+    inputs = clip_batch(module, shape.batch_size, shape.clip_len, shape.crop_size).to(device)
     context = optim_wrapper.optim_context(module) if optim_wrapper is not None else nullcontext()
     try:
         with context:
