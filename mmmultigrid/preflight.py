@@ -13,6 +13,7 @@ from mmengine.logging import print_log
 from mmengine.model import is_model_wrapper
 from mmengine.optim import AmpOptimWrapper, OptimWrapper
 
+from .batch_mixing import find_batch_mixing
 from .feature_map import log_feature_maps
 from .loader_check import format_loader_costs, loader_cost_warnings, measure_loader_costs
 from .pipeline import FINAL_SIZE_KEYS, ShapeVaryingPipeline, transform_name
@@ -147,7 +148,8 @@ def log_loader_costs(runner, plan: MultigridPlan, samples: int) -> None:
 
 def run_preflight(runner, plan: MultigridPlan, bn_groups: bool = True,
                   samples_per_rank: int | None = None, loader_samples: int = 0) -> None:
-    """All checks; raises :class:`PreflightError` on the first shape that cannot run.
+    """All checks; raises :class:`PreflightError` on the first shape that cannot run, or at which a
+    clip's output depends on the other clips of its batch (:mod:`mmmultigrid.batch_mixing`).
 
     ``bn_groups=False`` (``MultigridHook(grouped_bn=False)``) skips the batch-norm group check. The
     backbone's feature map at every shape is logged, with warnings for those too small to learn from
@@ -156,6 +158,9 @@ def run_preflight(runner, plan: MultigridPlan, bn_groups: bool = True,
     """
     module = runner.model.module if is_model_wrapper(runner.model) else runner.model
     check_temporal_strides(plan, getattr(module, 'backbone', module))
+    mixing = find_batch_mixing(module, plan)
+    if mixing is not None:
+        raise PreflightError(mixing)
     if bn_groups:
         check_bn_groups(plan)
     pipeline = next(t for t in runner.train_dataloader.dataset.pipeline.transforms

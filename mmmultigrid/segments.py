@@ -101,9 +101,9 @@ def temporal_options(model_cfg: Mapping[str, Any], transforms: Sequence[dict],
     if pipeline.temporal_key == 'num_clips':
         model_type = transform_name(model_cfg) if model_cfg.get('type') else None
         if model_type != 'Recognizer2D':
-            raise ValueError(f'{key}: {sampler}.num_clips must be 1 for a {model_type} (got '
-                             f'{pipeline.clip_len}): multigrid varies the segments (num_clips) only '
-                             'in a Recognizer2D')
+            raise ValueError(f'{key}: {sampler}.num_clips must be 1 (got {pipeline.clip_len}): '
+                             'multigrid varies the segments (num_clips) only in a Recognizer2D, and '
+                             f'model.type is {model_type!r}')
         notes.append(f'T is the number of segments per clip ({sampler}.num_clips of the Recognizer2D); '
                      'the segments of any T span the same part of the video')
     elif pipeline.interval_key is None:
