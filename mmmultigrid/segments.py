@@ -112,17 +112,17 @@ def temporal_options(model_cfg: Mapping[str, Any], transforms: Sequence[dict],
     temporal = [(t, s) for t, s in options.long_cycle_factors if t != 1]
     if not (fixers and options.long_cycle and temporal):
         return options, tuple(notes)
-    who = ', '.join(map(str, fixers))
+    who = ', '.join(map(str, fixers)) + (' fixes' if len(fixers) == 1 else ' fix')
     spatial = ', '.join(f'({t:g}, {s:.3g})' for t, s in SPATIAL_LONG_CYCLE_FACTORS)
     if options.long_cycle_factors != DEFAULT_LONG_CYCLE_FACTORS:
         t, s = temporal[0]
         raise ValueError(
             f'MultigridHook.long_cycle_factors entry ({t:g}, {s:.3g}) asks for '
-            f'{max(1, round(pipeline.clip_len * t))} of the {pipeline.clip_len} segments, but {who} '
-            f'{"fixes" if len(fixers) == 1 else "fix"} the segment count: the model reshapes the frames of a batch into clips of that '
-            'many, so another count fails or mixes frames of different clips; use t=1 in every entry '
+            f'{max(1, round(pipeline.clip_len * t))} of the {pipeline.clip_len} segments, but {who} the '
+            'segment count: the model reshapes the frames of a batch into clips of that many, so '
+            'another count fails or mixes frames of different clips; use t=1 in every entry '
             f'(spatial only, e.g. [{spatial}]) or leave long_cycle_factors out to get that default')
-    notes.append(f'{who} {"fixes" if len(fixers) == 1 else "fix"} the segment count: the long cycle is spatial only, long_cycle_factors '
+    notes.append(f'{who} the segment count: the long cycle is spatial only, long_cycle_factors '
                  f'[{spatial}] (the default factors with t=1; set MultigridHook.long_cycle_factors, '
                  'each with t=1, to choose others)')
     return dataclasses.replace(options, long_cycle_factors=SPATIAL_LONG_CYCLE_FACTORS), tuple(notes)

@@ -52,6 +52,8 @@ def test_tsm_preset_is_a_spatial_only_2d_plan() -> None:
     assert {g.clip_len for s in plan.segments for g in s.shapes} == {8}
     assert {g.crop_size for s in plan.segments for g in s.shapes} == {24, 34, 48}
     assert 'the long cycle is spatial only' in plan.notes[-1]
+    (val, ) = [t for t in cfg.val_dataloader.dataset.pipeline if t['type'] == 'SampleFrames']
+    assert (val['num_clips'], val['test_mode']) == (8, True)  # evaluation stays at the base shape
 
 
 def test_rawframes_configs() -> None:

@@ -11,10 +11,10 @@ Examples::
 Unless ``--no-feature-maps``, the model is built from the config (no weights are loaded) and run on the
 CPU at every grid shape: a shape at which a clip's output depends on the other clips of its batch is an
 error (``mmmultigrid/batch_mixing.py``), and the backbone's feature map is reported; feature maps too
-small to learn from are warned about on stderr (``warning: ...``). With ``--loader-check N``, N clips of the config's train
-dataset are loaded at every grid shape (the data must be there) to report the loader's work per
-iteration against the base shape's, with a warning for each shape where it will not keep up. Errors in
-the config print ``error: ...`` on stderr and exit with status 2.
+small to learn from are warned about on stderr (``warning: ...``). With ``--loader-check N``, N clips
+of the config's train dataset are loaded at every grid shape (the data must be there) to report the
+loader's work per iteration against the base shape's, with a warning for each shape where it will not
+keep up. Errors in the config print ``error: ...`` on stderr and exit with status 2.
 """
 from __future__ import annotations
 
