@@ -42,12 +42,12 @@ def clip_outputs(model: torch.nn.Module, inputs: torch.Tensor) -> torch.Tensor:
     return torch.cat([t.reshape(t.shape[0], -1).float() for t in tensors], dim=1)
 
 
-def segment_counts(model: torch.nn.Module) -> list[str]:
-    """``model.<part>.num_segments=N (Type)`` for each top-level part of the model built with a fixed
-    segment count."""
-    return [f'model.{name}.num_segments={part.num_segments} ({type(part).__name__})'
+def segment_counts(model: torch.nn.Module) -> dict[str, int]:
+    """``model.<part>.num_segments=N (Type)`` -> N for each top-level part of the model built with a
+    fixed segment count."""
+    return {f'model.{name}.num_segments={part.num_segments} ({type(part).__name__})': part.num_segments
             for name, part in model.named_children()
-            if isinstance(getattr(part, 'num_segments', None), int)]
+            if isinstance(getattr(part, 'num_segments', None), int)}
 
 
 def mixing_problem(model: torch.nn.Module, clip_len: int, crop_size: int,
@@ -107,11 +107,12 @@ def find_batch_mixing(model: torch.nn.Module, plan: MultigridPlan) -> str | None
 def advice(model: torch.nn.Module, plan: MultigridPlan, shape: GridShape) -> str:
     """The config keys that make the model take clips of ``shape``."""
     counts = segment_counts(model)
-    if counts and is_2d(model):
+    if is_2d(model) and any(count != shape.clip_len for count in counts.values()):
         verb = 'reshapes' if len(counts) == 1 else 'reshape'
         return (f'{", ".join(counts)} {verb} the frames of a batch into clips of that many segments '
                 f'and this shape has T={shape.clip_len} (the base, SampleFrames.num_clips, is '
                 f'{plan.base.clip_len}): set num_segments and SampleFrames.num_clips to the same count, '
                 'and give MultigridHook.long_cycle_factors t=1 in every entry (spatial only)')
-    return ('change MultigridHook.long_cycle_factors / short_cycle_factors so that the plan avoids this '
-            'shape, or the model so that each clip is computed on its own')
+    return ('the model does not compute each clip of this shape on its own: change '
+            'MultigridHook.long_cycle_factors / short_cycle_factors so that the plan avoids the shape, '
+            'or the model')

@@ -67,7 +67,7 @@ def _num_segments_default(cls: type) -> Any:
 def fixed_segments(model_cfg: Mapping[str, Any]) -> list[FixedSegments]:
     """The parts of ``model_cfg`` whose class takes ``num_segments``: each fixes the segment count.
 
-    Parts of other registries (``mmpretrain.``, ``torchvision.``, ``timm.``) are not inspected; the
+    Parts of other registries (``mmpretrain.``, ``torchvision.``, ``timm.``) are not found here; the
     batch-mixing preflight check (:mod:`mmmultigrid.batch_mixing`) covers every model.
     """
     found = []
@@ -76,7 +76,7 @@ def fixed_segments(model_cfg: Mapping[str, Any]) -> list[FixedSegments]:
         if not isinstance(cfg, Mapping) or 'type' not in cfg:
             continue
         kind = cfg['type']
-        cls = kind if isinstance(kind, type) else MODELS.get(kind) if '.' not in kind else None
+        cls = kind if isinstance(kind, type) else MODELS.get(kind)  # None where not registered
         default = None if cls is None else _num_segments_default(cls)
         if default is None:
             continue

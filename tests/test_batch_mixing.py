@@ -71,6 +71,7 @@ def test_a_clip_whose_output_changes_with_its_batch_is_caught(monkeypatch: pytes
     problem = find_batch_mixing(model, plan)
     assert problem is not None and "a clip's output changes with the other clip of its batch" in problem
     assert 'change MultigridHook.long_cycle_factors / short_cycle_factors' in problem
+    assert 'num_segments' not in problem
 
 
 def test_segment_count_that_only_runs_in_a_batch_is_caught() -> None:

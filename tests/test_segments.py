@@ -69,6 +69,8 @@ def clip_lens(plan) -> set[int]:
      ['model.backbone.num_segments=8 (ResNetTIN)']),
     (dict(type='Recognizer2D', backbone=dict(type='TANet', depth=50, num_segments=16)),
      ['model.backbone.num_segments=16 (TANet)']),
+    (dict(type='Recognizer2D', backbone=dict(type='mmaction.ResNetTSM', depth=50)),
+     ['model.backbone.num_segments=8 (ResNetTSM)']),
     (dict(type='Recognizer3D', backbone=dict(type='mmpretrain.ResNet'), cls_head=dict(type='I3DHead')),
      []),
 ])
