@@ -78,11 +78,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error('--grouped-bn is for the baseline run (multigrid groups its BN itself)')
     if args.hook_option and args.run != 'multigrid':
         parser.error('--hook-option is for the multigrid run')
-    args.hook_option = dict(_parse_assignment(a) for a in args.hook_option)
+    args.hook_option = dict(parse_assignment(a) for a in args.hook_option)
     return args
 
 
-def _parse_assignment(assignment: str) -> tuple[str, Any]:
+def parse_assignment(assignment: str) -> tuple[str, Any]:
     key, sep, raw = assignment.partition('=')
     if not sep or not key:
         raise SystemExit(f'{assignment!r}: expected KEY=VALUE')
@@ -96,7 +96,7 @@ def apply_settings(preset: dict[str, Any], assignments: list[str]) -> dict[str, 
     """A copy of `preset` with each ``SECTION.KEY=VALUE`` (or ``KEY=VALUE``) applied."""
     preset = copy.deepcopy(preset)
     for assignment in assignments:
-        key, value = _parse_assignment(assignment)
+        key, value = parse_assignment(assignment)
         *sections, name = key.split('.')
         target = preset
         for section in sections:

@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import logging
 import os
 import platform
 import statistics
@@ -36,13 +35,11 @@ import torch
 import mmmultigrid  # noqa: F401  (repairs `import mmaction.models` of the PyPI wheel first)
 from mmengine.config import Config
 from mmengine.hub import get_config
-from mmengine.logging import MMLogger
-from mmengine.optim import OptimWrapper, build_optim_wrapper
-from mmaction.registry import MODELS
-from mmaction.structures import ActionDataSample
+from mmengine.optim import OptimWrapper
 from mmaction.utils import register_all_modules
 from mmmultigrid.baseline import plan_from_config
 from mmmultigrid.plan import GridShape
+from mmmultigrid.step_time import build_trainable, time_train_steps
 
 REPO = Path(__file__).resolve().parents[1]
 WORLD_SIZE = 8
@@ -78,55 +75,14 @@ def scale_shape(shape: GridShape, scale: float, batch_divisor: int) -> GridShape
 
 def build_model(model_config: str, device: torch.device,
                 amp: bool = False) -> tuple[torch.nn.Module, OptimWrapper, int]:
-    """The recognizer of ``model_config`` without pretrained weights, its optimizer wrapper, its classes.
-
-    ``model_config`` is an ``mmaction::`` config or a path relative to the repository. With ``amp`` the
-    optimizer wrapper is the one ``tools/train.py --amp`` configures.
-    """
+    """The recognizer of ``model_config`` (an ``mmaction::`` config or a path relative to the
+    repository) without pretrained weights, its optimizer wrapper (the one ``tools/train.py --amp``
+    configures with ``amp``) and its number of classes."""
     register_all_modules()
     cfg = get_config(model_config) if '::' in model_config else Config.fromfile(str(REPO / model_config))
     if amp:
         cfg.optim_wrapper.update(type='AmpOptimWrapper', loss_scale='dynamic')
-    cfg.model.backbone.pretrained = None
-    if 'pretrained2d' in cfg.model.backbone:
-        cfg.model.backbone.pretrained2d = False
-    model = MODELS.build(cfg.model)
-    logger = MMLogger.get_current_instance()
-    level = logger.level
-    logger.setLevel(logging.WARNING)  # init_weights logs every parameter
-    model.init_weights()
-    logger.setLevel(level)
-    model.to(device).train()
-    return model, build_optim_wrapper(model, cfg.optim_wrapper), cfg.model.cls_head.num_classes
-
-
-def sync(device: torch.device) -> None:
-    if device.type == 'cuda':
-        torch.cuda.synchronize(device)
-
-
-def make_batch(shape: GridShape, num_classes: int, device: torch.device) -> tuple[torch.Tensor, list]:
-    """Random normalised inputs ``(B, 1, 3, T, S, S)`` and data samples with random labels."""
-    inputs = torch.randn(shape.batch_size, 1, 3, shape.clip_len, shape.crop_size, shape.crop_size,
-                         device=device)
-    labels = torch.randint(num_classes, (shape.batch_size,)).tolist()
-    return inputs, [ActionDataSample().set_gt_label(label) for label in labels]
-
-
-def train_step(model: torch.nn.Module, optim_wrapper: OptimWrapper, batch: tuple[torch.Tensor, list],
-               device: torch.device) -> tuple[float, float | None]:
-    """Seconds of one forward + backward + optimizer step, and its peak GPU memory in MiB (CUDA only)."""
-    if device.type == 'cuda':
-        torch.cuda.reset_peak_memory_stats(device)
-    sync(device)
-    start = time.perf_counter()
-    with optim_wrapper.optim_context(model):  # autocast with AmpOptimWrapper, as in training
-        losses = model(*batch, mode='loss')
-    optim_wrapper.update_params(sum(losses.values()))
-    sync(device)
-    seconds = time.perf_counter() - start
-    peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == 'cuda' else None
-    return seconds, peak
+    return build_trainable(cfg, device)
 
 
 def machine_info(device: torch.device) -> dict[str, Any]:
@@ -162,16 +118,8 @@ def benchmark_model(name: str, device: torch.device, scale: float, batch_divisor
     torch.manual_seed(0)
     model, optim_wrapper, num_classes = build_model(model_config, device, amp)
     runs = [scale_shape(shape, scale, batch_divisor) for shape in full]
-    batches = [make_batch(run, num_classes, device) for run in runs]
-    times: list[list[float]] = [[] for _ in runs]
-    peaks: list[list[float]] = [[] for _ in runs]
-    for round_ in range(warmup + repeats):
-        for i, batch in enumerate(batches):
-            seconds, peak = train_step(model, optim_wrapper, batch, device)
-            if round_ >= warmup:
-                times[i].append(seconds)
-            if peak is not None:
-                peaks[i].append(peak)
+    times, peaks = time_train_steps(model, optim_wrapper, runs, num_classes, repeats, warmup,
+                                    restore=False)
     rows = []
     for shape, run, shape_times, shape_peaks in zip(full, runs, times, peaks):
         mean = statistics.fmean(shape_times)

@@ -238,6 +238,7 @@ def summarize(run: str, work_dir: Path, process_s: float) -> dict[str, Any]:
     train_rows, val_rows = read_scalars(work_dir)
     elapsed, epoch_end_time = 0.0, {}
     wait: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0])
+    epoch_shapes: dict[int, dict[str, int]] = defaultdict(lambda: defaultdict(int))
     for row in train_rows:
         elapsed += row['time']
         epoch_end_time[row['epoch']] = elapsed
@@ -245,12 +246,14 @@ def summarize(run: str, work_dir: Path, process_s: float) -> dict[str, Any]:
                  if 'batch_size' in row else 'base')
         wait[shape][0] += row['data_time']
         wait[shape][1] += row['time']
+        epoch_shapes[row['epoch']][shape] += 1
     curve = [dict(epoch=r['step'], wall_clock_s=epoch_end_time[r['step']], top1=r['acc/top1'])
              for r in val_rows]
     return dict(
         wall_clock_s=elapsed, iterations=len(train_rows), top1=val_rows[-1]['acc/top1'],
         process_wall_clock_s=process_s, validation_curve=curve,
         data_wait_share=sum(w for w, _ in wait.values()) / elapsed,
+        epoch_iterations_per_shape={str(e): dict(c) for e, c in sorted(epoch_shapes.items())},
         data_wait_share_per_shape={k: w / t for k, (w, t) in sorted(wait.items())})
 
 

@@ -8,7 +8,9 @@ the final crop/resize, inside ``ShapeVaryingPipeline`` or not), the schedule fro
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator, Mapping
 
 from .lr_curve import parse_lr_schedulers
 from .pipeline import describe_pipeline, transform_name
@@ -17,13 +19,18 @@ from .segments import temporal_options
 
 OPTION_NAMES = tuple(f.name for f in dataclasses.fields(MultigridOptions))
 #: ``MultigridHook`` arguments that are not plan options, then the keys mmengine reads from the entry.
-HOOK_ARGS = ('grouped_bn', 'preflight', 'trace', 'precise_bn', 'loader_check')
+HOOK_ARGS = ('grouped_bn', 'preflight', 'trace', 'precise_bn', 'loader_check', 'measure_steps')
 ENTRY_KEYS = ('type', 'priority')
 
 
 def train_transforms(cfg: Mapping[str, Any]) -> list[dict]:
     """The user's train transforms: the inside of ``ShapeVaryingPipeline`` if it is used."""
     dataset = cfg.get('train_dataloader', {}).get('dataset', {})
+    if 'dataset' in dataset or 'datasets' in dataset:
+        raise ValueError(f'train_dataloader.dataset is a {transform_name(dataset)}, which recomputes '
+                         'the indices it passes on and so drops the grid shape each one carries; '
+                         'multigrid needs the dataset itself there: merge the annotation files into '
+                         'one ann_file of a single dataset')
     pipeline = dataset.get('pipeline')
     if pipeline is None:
         raise ValueError('train_dataloader.dataset.pipeline is missing: multigrid reads the base clip '
@@ -38,12 +45,22 @@ def train_transforms(cfg: Mapping[str, Any]) -> list[dict]:
     return list(pipeline)
 
 
-def hook_options(cfg: Mapping[str, Any]) -> MultigridOptions:
-    """The ``MultigridOptions`` given to the ``MultigridHook`` entry of ``custom_hooks``."""
+def hook_entry(cfg: Mapping[str, Any]) -> Mapping[str, Any]:
+    """The ``MultigridHook`` entry of ``custom_hooks`` (empty when there is none)."""
     hooks = [h for h in cfg.get('custom_hooks') or [] if transform_name(h) == 'MultigridHook']
     if len(hooks) > 1:
         raise ValueError(f'custom_hooks holds {len(hooks)} MultigridHook entries; keep one')
-    given = hooks[0] if hooks else {}
+    return hooks[0] if hooks else {}
+
+
+def grouped_bn_enabled(cfg: Mapping[str, Any]) -> bool:
+    """Whether the config's ``MultigridHook`` groups batch norm (its ``grouped_bn``, default on)."""
+    return bool(hook_entry(cfg).get('grouped_bn', True))
+
+
+def hook_options(cfg: Mapping[str, Any]) -> MultigridOptions:
+    """The ``MultigridOptions`` given to the ``MultigridHook`` entry of ``custom_hooks``."""
+    given = hook_entry(cfg)
     unknown = sorted(set(given) - set(OPTION_NAMES + HOOK_ARGS + ENTRY_KEYS))
     if unknown:
         raise TypeError(f'custom_hooks: MultigridHook has no argument {", ".join(unknown)}; its '
@@ -60,6 +77,9 @@ def base_shape(cfg: Mapping[str, Any]) -> BaseShape:
 def plan_from_config(cfg: Mapping[str, Any], world_size: int,
                      options: MultigridOptions | None = None) -> MultigridPlan:
     """The multigrid plan for ``cfg`` trained on ``world_size`` processes."""
+    if not cfg.get('train_dataloader'):
+        raise ValueError('the config has no train_dataloader: it is a test-only config, and multigrid '
+                         'changes training only; start from a config that trains the model')
     max_epochs = cfg.get('train_cfg', {}).get('max_epochs')
     if cfg.get('train_cfg', {}).get('type', 'EpochBasedTrainLoop') != 'EpochBasedTrainLoop' or (
             max_epochs is None):
@@ -76,3 +96,19 @@ def plan_from_config(cfg: Mapping[str, Any], world_size: int,
                                       options or hook_options(cfg))
     plan = build_plan(base_shape(cfg), options, curve, max_epochs, world_size)
     return dataclasses.replace(plan, notes=notes)
+
+
+@contextmanager
+def base_variable_hint(path: str) -> Iterator[None]:
+    """Around ``Config.fromfile(path)``: mmengine's bare ``KeyError: 'train_pipeline'`` for a
+    ``{{_base_.NAME}}`` that the base config lacks becomes a ``ValueError`` that says so."""
+    try:
+        yield
+    except KeyError as exc:
+        name = exc.args[0] if exc.args else None
+        if not isinstance(name, str) or f'_base_.{name}' not in Path(path).read_text():
+            raise
+        hint = (' (test-only configs have no train_pipeline: multigrid changes training only, so start '
+                'from a config that trains the model)' if name == 'train_pipeline' else '')
+        raise ValueError(f'{path} uses {{{{_base_.{name}}}}}, which its base config does not define'
+                         f'{hint}') from None

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import torch
 
+from .feature_map import output_tensors
 from .plan import GridShape, MultigridPlan, describe_use
 from .segments import clip_batch, is_2d
 
@@ -28,14 +29,7 @@ def clip_outputs(model: torch.nn.Module, inputs: torch.Tensor) -> torch.Tensor:
     """The recognizer's output for a batch, one row per output row: the head's scores where it has a
     head, else the neck's (or backbone's) features, every tensor flattened after its first axis."""
     stage = 'head' if getattr(model, 'with_cls_head', False) else 'neck'
-    feats = model.extract_feat(inputs, stage=stage)[0]
-    tensors, stack = [], [feats]
-    while stack:
-        item = stack.pop(0)
-        if isinstance(item, torch.Tensor):
-            tensors.append(item)
-        elif isinstance(item, (tuple, list)):
-            stack.extend(item)
+    tensors = output_tensors(model.extract_feat(inputs, stage=stage)[0])
     rows = {t.shape[0] for t in tensors}
     if len(rows) != 1:
         raise RuntimeError(f'outputs of different batch sizes {sorted(rows)}')

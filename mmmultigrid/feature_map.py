@@ -8,10 +8,12 @@ shape, :func:`format_feature_maps` tabulates the sizes with the optimizer steps 
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import torch
 from mmengine.logging import print_log
 
+from .shape_failure import explain_failure
 from .plan import GridShape, MultigridPlan, describe_use, epoch_ranges, shapes_in_use
 from .segments import clip_batch, map_size
 
@@ -25,15 +27,34 @@ MIN_FEATURE_SIZE = 2
 FeatureMap = tuple[int, int, int]
 
 
+def output_tensors(feats: Any) -> list[torch.Tensor]:
+    """Every tensor of a backbone's output, in order: a tensor, or tuples/lists of them at any depth
+    (SlowFast: (slow, fast); MViT: one [patch tokens, class token] list per stage)."""
+    if isinstance(feats, torch.Tensor):
+        return [feats]
+    if isinstance(feats, (list, tuple)):
+        return [t for f in feats for t in output_tensors(f)]
+    return []
+
+
+def feature_maps_of(feats: Any) -> tuple[FeatureMap, ...]:
+    """(T', H', W') of each tensor of a backbone output for one clip: N x C x T' x H' x W', or T' x C x
+    H' x W' from a 2D backbone (frames folded into the batch); pooled features and class tokens (N x C)
+    have none."""
+    return tuple(map_size(f, 1) for f in output_tensors(feats) if f.dim() in (4, 5))
+
+
 def measure_feature_maps(model: torch.nn.Module,
                          plan: MultigridPlan) -> dict[GridShape, tuple[FeatureMap, ...]]:
     """For every grid shape of the plan (order of first use), (T', H', W') of each backbone output.
 
-    ``model`` is a recognizer (not wrapped); SlowFast backbones give two outputs (slow, fast); a
-    ``Recognizer2D``'s T' is its frames (segments) per clip.
+    ``model`` is a recognizer (not wrapped); SlowFast backbones give two outputs (slow, fast),
+    backbones that return pooled features or tokens only (TimeSformer, VideoMAE, UniFormerV2) none, a
+    ``Recognizer2D``'s backbone one whose T' is its frames (segments) per clip.
     One forward of a single zero clip per distinct (T, S), without gradients, in eval mode on the
     model's device; every module's training flag is restored afterwards and eval mode leaves the
-    batch-norm buffers untouched. A forward that fails raises ``RuntimeError`` naming the shape.
+    batch-norm buffers untouched. A forward that fails raises ``RuntimeError`` naming the shape, where
+    it fails and which multigrid mode the model can run (:func:`~mmmultigrid.shape_failure.explain_failure`).
     """
     modes = [(module, module.training) for module in model.modules()]
     sizes: dict[tuple[int, int], tuple[FeatureMap, ...]] = {}
@@ -48,10 +69,9 @@ def measure_feature_maps(model: torch.nn.Module,
                 try:
                     feats = model.extract_feat(inputs, stage='backbone')[0]
                 except RuntimeError as error:
-                    raise RuntimeError(f'{describe_use(shape, [segment])}: the backbone cannot run a '
-                                       f'clip of this shape ({error})') from None
-                outputs = feats if isinstance(feats, tuple) else (feats, )
-                sizes[key] = tuple(map_size(f, 1) for f in outputs)
+                    raise RuntimeError(f'{describe_use(shape, [segment])}: ' + explain_failure(
+                        model, plan, shape.clip_len, shape.crop_size, error)) from None
+                sizes[key] = feature_maps_of(feats)
     finally:
         for module, training in modes:
             module.training = training
@@ -59,8 +79,8 @@ def measure_feature_maps(model: torch.nn.Module,
 
 
 def format_size(outputs: tuple[FeatureMap, ...]) -> str:
-    """``4x7x7``; several outputs (SlowFast: slow, fast) joined by `` / ``."""
-    return ' / '.join('x'.join(str(n) for n in size) for size in outputs)
+    """``4x7x7``; several outputs (SlowFast: slow, fast) joined by `` / ``; ``pooled`` for none."""
+    return ' / '.join('x'.join(str(n) for n in size) for size in outputs) or 'pooled'
 
 
 def too_small(outputs: tuple[FeatureMap, ...]) -> bool:
@@ -87,7 +107,8 @@ def format_feature_maps(plan: MultigridPlan, maps: dict[GridShape, tuple[Feature
             row.append(str(steps[shape]))
         rows.append(row)
     widths = [max(len(r[i]) for r in [header] + rows) for i in range(len(header))]
-    lines = ['Backbone output per grid shape (one clip; SlowFast: slow / fast)',
+    lines = ['Backbone output per grid shape (one clip; SlowFast: slow / fast; MViT: one per stage; '
+             'pooled: no spatial map)',
              '  '.join(h.ljust(w) for h, w in zip(header, widths)).rstrip(),
              '  '.join('-' * w for w in widths)]
     lines += ['  '.join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]

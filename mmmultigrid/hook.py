@@ -2,7 +2,8 @@
 
 At ``before_train`` it makes the plan from the config, hands it to ``MultigridSampler``, sets the loop's
 stretched ``max_epochs`` and exact total iterations (so progress and ETA are right), switches batch norm
-to groups of ``bn_base_size`` clips (logging how each batch size is grouped), compiles the backbone for
+to groups of ``bn_base_size`` clips (logging how each batch size is grouped), makes fixed-size
+position embeddings follow the grid shape (:mod:`mmmultigrid.embeddings`), compiles the backbone for
 every grid shape when the config sets ``compile`` (:mod:`mmmultigrid.compile`) and runs the preflight
 checks. Every iteration it sets the LR from the plan (absolute values: nothing compounds with the
 config's chainable schedulers, which it overrides) and logs the batch's shape. With ``precise_bn``, it
@@ -33,6 +34,7 @@ from .baseline import plan_from_config
 from .batchnorm import describe_groups, neighbour_group, ranks_per_group, use_grouped_batchnorm
 from .collate import StackingCollate
 from .compile import compile_backbone
+from .embeddings import adapt_embeddings
 from .loader_check import LoaderWatch
 from .plan import DEFAULT_LONG_CYCLE_FACTORS, DEFAULT_SHORT_CYCLE_FACTORS, GridShape, \
     MultigridOptions, MultigridPlan
@@ -41,6 +43,7 @@ from .precise_bn import grid_loader, update_bn_stats
 from .preflight import run_preflight
 from .report import format_plan
 from .sampler import MultigridSampler
+from .step_time import format_step_times, measure_plan
 
 CHECKPOINT_KEY = 'multigrid'
 
@@ -59,6 +62,9 @@ class MultigridHook(Hook):
         loader_check: Clips loaded per grid shape at start-up to log the loader's cost per shape (with
             a warning where it will not keep up); and, when not 0, the data wait of the first
             iterations at each shape is watched (a warning says how many workers would keep up).
+        measure_steps: Training iterations timed at every grid shape and the base shape at start-up
+            (random inputs; the weights and optimizer state are restored), logged with the predicted
+            wall-clock speed-up of the plan (:mod:`mmmultigrid.step_time`); 0 turns it off.
         trace: Append one JSON line per iteration (epoch, iter, batch_size, clip_len, crop_size, lr)
             to ``<work_dir>/multigrid_trace.rank<R>.jsonl`` on every rank, and at the end of training
             a line with the SHA-256 of the weights.
@@ -79,7 +85,8 @@ class MultigridHook(Hook):
                  preflight: bool = True,
                  trace: bool = False,
                  precise_bn: int = 0,
-                 loader_check: int = 2) -> None:
+                 loader_check: int = 2,
+                 measure_steps: int = 0) -> None:
         self.options = MultigridOptions(long_cycle, short_cycle, long_cycle_factors,
                                         short_cycle_factors, epoch_factor, bn_base_size,
                                         cycle_milestones)
@@ -97,6 +104,10 @@ class MultigridHook(Hook):
             raise ValueError('MultigridHook.loader_check must be an int >= 0 (clips per grid shape; 0 '
                              f'turns it off), got {loader_check!r}')
         self.loader_check = loader_check
+        if isinstance(measure_steps, bool) or not isinstance(measure_steps, int) or measure_steps < 0:
+            raise ValueError('MultigridHook.measure_steps must be an int >= 0 (iterations timed per grid '
+                             f'shape; 0 turns it off), got {measure_steps!r}')
+        self.measure_steps = measure_steps
         self.loader_watch: LoaderWatch | None = None
         self._shape: GridShape | None = None
         self.plan: MultigridPlan | None = None
@@ -140,6 +151,8 @@ class MultigridHook(Hook):
                   logger='current')
         if converted:
             make_bn_groups(plan)
+        for adapted in adapt_embeddings(model):
+            print_log(f'MultigridHook: {adapted}', logger='current')
         if runner.cfg.get('compile'):  # before preflight, whose forward passes then compile too
             vars(runner.model).pop('train_step', None)  # mmengine's compiled one, see compile.py
             num_shapes = len(plan.shape_segments())
@@ -149,6 +162,10 @@ class MultigridHook(Hook):
             run_preflight(runner, plan, bn_groups=converted > 0,  # 2D models have no BatchNorm3d
                           samples_per_rank=self.sampler.samples_per_rank,
                           loader_samples=self.loader_check)
+        if self.measure_steps:
+            times = measure_plan(model, runner.optim_wrapper, plan, model.cls_head.num_classes,
+                                 self.measure_steps)
+            print_log(format_step_times(plan, times, self.sampler.samples_per_rank), logger='current')
         if self.loader_check:
             self.loader_watch = LoaderWatch(runner.train_dataloader.num_workers)
         loader = runner.train_dataloader

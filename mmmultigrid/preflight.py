@@ -14,7 +14,8 @@ from mmengine.model import is_model_wrapper
 from mmengine.optim import AmpOptimWrapper, OptimWrapper
 
 from .batch_mixing import find_batch_mixing
-from .feature_map import log_feature_maps
+from .embeddings import embedding_problems
+from .feature_map import log_feature_maps, output_tensors
 from .loader_check import format_loader_costs, loader_cost_warnings, measure_loader_costs
 from .pipeline import FINAL_SIZE_KEYS, ShapeVaryingPipeline, transform_name
 from .plan import GridShape, MultigridPlan, Segment, describe_use, shapes_in_use
@@ -96,7 +97,7 @@ def forward_backward(module: torch.nn.Module, shape: GridShape, device: torch.de
     try:
         with context:
             feats = module.extract_feat(inputs)[0]
-        sum(f.float().sum() for f in (feats if isinstance(feats, tuple) else (feats, ))).backward()
+        sum(f.float().sum() for f in output_tensors(feats)).backward()
     finally:
         module.zero_grad(set_to_none=True)
         with torch.no_grad():
@@ -166,6 +167,8 @@ def run_preflight(runner, plan: MultigridPlan, bn_groups: bool = True,
     pipeline = next(t for t in runner.train_dataloader.dataset.pipeline.transforms
                     if isinstance(t, ShapeVaryingPipeline))
     check_crops(plan, pipeline)
+    for problem in embedding_problems(module, plan):
+        raise PreflightError(problem)
     log_feature_maps(module, plan, samples_per_rank)
     if loader_samples:
         log_loader_costs(runner, plan, loader_samples)

@@ -259,7 +259,18 @@ def test_dataset_wrapper_is_refused() -> None:
     cfg = config()
     inner = cfg.train_dataloader.dataset
     cfg.train_dataloader.dataset = dict(type='RepeatDataset', times=2, dataset=inner)
-    with pytest.raises(ValueError, match=re.escape(f'{KEY} is missing')):
+    with pytest.raises(ValueError, match='dataset is a RepeatDataset, which recomputes the indices'):
+        plan_from_config(cfg, 1)
+    # the README's lines add the pipeline to a wrapper too (mmaction2's Kinetics-710 configs)
+    cfg.train_dataloader.dataset = dict(type='ConcatDataset', datasets=[inner, inner],
+                                        pipeline=inner.pipeline)
+    with pytest.raises(ValueError, match='dataset is a ConcatDataset, .* merge the annotation files'):
+        plan_from_config(cfg, 1)
+
+
+def test_test_only_config_says_so() -> None:
+    cfg = Config({k: v for k, v in config().to_dict().items() if k != 'train_dataloader'})
+    with pytest.raises(ValueError, match='the config has no train_dataloader: it is a test-only'):
         plan_from_config(cfg, 1)
 
 

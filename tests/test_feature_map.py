@@ -15,6 +15,7 @@ from mmengine.registry import init_default_scope
 import mmmultigrid  # noqa: F401  (registers the components, repairs the stack)
 from mmmultigrid import feature_map
 from mmmultigrid.batchnorm import use_grouped_batchnorm
+from mmmultigrid.embeddings import adapt_embeddings
 from mmmultigrid.feature_map import MIN_FEATURE_SIZE, feature_map_warnings, format_feature_maps, \
     measure_feature_maps
 from mmmultigrid.pipeline import ShapeVaryingPipeline
@@ -173,3 +174,39 @@ def test_training_logs_the_table_at_start_up(tmp_path: Path) -> None:
     assert 'Backbone output per grid shape' in log
     assert 'Optimizer steps (24 clips per GPU per epoch): multigrid ' in log
     assert 'WARNING - preflight: grid shape (batch 16, T=2, S=16) of epochs 0-1' in log
+
+
+def tiny_mvit(**backbone) -> torch.nn.Module:
+    """A real mmaction2 MViT recognizer (2 stages, 8 channels): each stage gives [patch tokens,
+    class token]."""
+    return MODELS.build(dict(
+        type='Recognizer3D',
+        backbone=dict(dict(type='MViT', arch=dict(embed_dims=8, num_layers=2, num_heads=1,
+                                                  downscale_indices=[1]),
+                           spatial_size=64, temporal_size=16), **backbone),
+        cls_head=dict(type='MViTHead', in_channels=16, num_classes=4)))
+
+
+def test_mvit_stage_outputs_are_measured() -> None:
+    """MViT returns a [patch tokens, class token] list per stage; the patch tokens are the map."""
+    plan = plan_64px()
+    maps = measure_feature_maps(tiny_mvit(out_scales=[0, 1]), plan)
+    # patch embedding: T/2, S/4; the second stage halves H and W
+    assert maps[GridShape(1, 16, 64)] == ((8, 16, 16), (8, 8, 8))
+    assert maps[GridShape(16, 4, 32)] == ((2, 8, 8), (2, 4, 4))
+    assert '8x16x16 / 8x8x8' in format_feature_maps(plan, maps)
+
+
+def test_pooled_outputs_have_no_map_and_no_warning() -> None:
+    """TimeSformer returns its class token only (N x C): nothing to measure or warn about."""
+    model = MODELS.build(dict(
+        type='Recognizer3D',
+        backbone=dict(type='TimeSformer', num_frames=16, img_size=64, patch_size=16, embed_dims=8,
+                      num_heads=1, num_transformer_layers=1),
+        cls_head=dict(type='TimeSformerHead', in_channels=8, num_classes=4)))
+    adapt_embeddings(model)
+    plan = plan_64px()
+    maps = measure_feature_maps(model, plan)
+    assert set(maps.values()) == {()}
+    assert 'pooled' in format_feature_maps(plan, maps)
+    assert feature_map_warnings(plan, maps) == []

@@ -60,7 +60,8 @@ def assert_ranks_agree(config: Path, work_dir: Path, dataset: SyntheticDataset) 
 def uninterrupted(synthetic_dataset: SyntheticDataset, tmp_path_factory) -> tuple[Path, Path]:
     """One full tiny multigrid run with validation: (config, work_dir)."""
     root = tmp_path_factory.mktemp('uninterrupted')
-    config = write_tiny_multigrid_config(root / 'tiny.py', synthetic_dataset, validate=True)
+    config = write_tiny_multigrid_config(root / 'tiny.py', synthetic_dataset, validate=True,
+                                         hook='trace=True, measure_steps=1')
     train(config, root / 'work')
     return config, root / 'work'
 
@@ -87,6 +88,9 @@ def test_logs_shape_and_lr_and_validates(uninterrupted: tuple[Path, Path]) -> No
     logs = list(work_dir.glob('*/*.log'))
     text = logs[0].read_text()
     assert 'Multigrid plan' in text and 'preflight:' in text
+    # measure_steps: the step time of every grid shape and the predicted speed-up, at start-up
+    assert 'Measured step time on cpu (median of 1 forward' in text
+    assert re.search(r'Predicted training time per GPU: baseline \d+ s, multigrid \d+ s: [\d.]+x faster', text)
     assert re.search(r'lr: \S+ .* batch_size: 16\s+clip_len: 2\s+crop_size: 16', text)
     assert 'acc/top1' in text
     scalars = [json.loads(line) for line in next(work_dir.glob('*/vis_data/scalars.json'))

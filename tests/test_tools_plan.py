@@ -198,3 +198,22 @@ def test_loader_check_on_the_synthetic_data(synthetic_dataset, tmp_path: Path) -
     assert proc.returncode == 2 and len(errors) == 1 and errors[0].startswith(
         'error: the train dataset (train_dataloader.dataset) cannot be loaded') and 'none.txt' in \
         errors[0]
+
+
+def test_measure_steps_predicts_the_wall_clock_speedup() -> None:
+    """--measure-steps times every grid shape and the base shape and predicts the speed-up from them."""
+    proc = run_tool(str(SYNTHETIC_CONFIG), '--json', '--dataset-length', '96', '--no-feature-maps',
+                    '--measure-steps', '1', '--cfg-options', 'model.backbone.base_channels=2',
+                    'model.cls_head.in_channels=16', 'train_dataloader.batch_size=2')
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads(proc.stdout)
+    times = data['step_times']
+    assert times['device'] == 'cpu' and times['steps'] == 1
+    assert [(s['batch_size'], s['clip_len'], s['crop_size']) for s in times['shapes']][0] == (2, 16, 64)
+    assert len(times['shapes']) == 8  # the base shape is one of the 8 grid shapes
+    assert all(s['seconds'] > 0 for s in times['shapes'])
+    predicted = times['predicted']
+    assert predicted['speedup'] == predicted['baseline_s'] / predicted['multigrid_s']
+    assert predicted['iteration_speedup'] == (data['iterations']['baseline']
+                                              / data['iterations']['multigrid'])
+    assert run_tool(str(SYNTHETIC_CONFIG), '--measure-steps', '-1').returncode == 2

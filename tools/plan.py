@@ -7,6 +7,7 @@ Examples::
     python tools/plan.py CONFIG --gpus 8 --json > plan.json
     python tools/plan.py CONFIG --gpus 8 --plot plan.png --dataset-length 240000
     python tools/plan.py CONFIG --gpus 8 --dataset-length 240000 --loader-check 4
+    python tools/plan.py CONFIG --gpus 8 --dataset-length 240000 --measure-steps 10
 
 Unless ``--no-feature-maps``, the model is built from the config (no weights are loaded) and run on the
 CPU at every grid shape: a shape at which a clip's output depends on the other clips of its batch is an
@@ -14,7 +15,12 @@ error (``mmmultigrid/batch_mixing.py``), and the backbone's feature map is repor
 small to learn from are warned about on stderr (``warning: ...``). With ``--loader-check N``, N clips
 of the config's train dataset are loaded at every grid shape (the data must be there) to report the
 loader's work per iteration against the base shape's, with a warning for each shape where it will not
-keep up. Errors in the config print ``error: ...`` on stderr and exit with status 2.
+keep up. With ``--measure-steps N``, N training iterations of the per-GPU batch (forward, backward and
+optimizer step on random inputs, the config's ``optim_wrapper`` with its AMP setting, batch norm
+grouped as ``MultigridHook`` does) are timed at every grid shape and at the base shape on the device the
+run would use (CUDA when there is one, else the CPU), and with ``--dataset-length`` the whole plan's
+wall-clock speed-up is predicted from them. Errors in the config print ``error: ...`` on stderr and exit
+with status 2.
 """
 from __future__ import annotations
 
@@ -35,14 +41,18 @@ from mmengine.config import Config, DictAction  # noqa: E402
 from mmengine.logging import MMLogger  # noqa: E402
 from mmengine.registry import init_default_scope  # noqa: E402
 
-from mmmultigrid.baseline import plan_from_config  # noqa: E402
+from mmmultigrid.baseline import base_variable_hint, grouped_bn_enabled, plan_from_config  # noqa: E402
 from mmmultigrid.batch_mixing import find_batch_mixing  # noqa: E402
+from mmmultigrid.batchnorm import use_grouped_batchnorm  # noqa: E402
+from mmmultigrid.embeddings import adapt_embeddings  # noqa: E402
 from mmmultigrid.feature_map import (FeatureMap, feature_map_warnings,  # noqa: E402
                                      format_feature_maps, measure_feature_maps)
 from mmmultigrid.loader_check import (format_loader_costs, loader_cost_warnings,  # noqa: E402
                                       measure_loader_costs)
 from mmmultigrid.plan import GridShape, MultigridPlan  # noqa: E402
 from mmmultigrid.report import format_plan  # noqa: E402
+from mmmultigrid.step_time import (StepTimes, build_trainable, format_step_times,  # noqa: E402
+                                   measure_plan, predicted_seconds)
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -65,7 +75,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument('--loader-check', type=int, default=0, metavar='N',
                         help="load N clips of the train dataset per grid shape and report the "
                         "loader's work per iteration against the base shape's")
+    parser.add_argument('--measure-steps', type=int, default=0, metavar='N',
+                        help='time N training iterations at every grid shape and the base shape on '
+                        'the run\'s device and predict the wall-clock speed-up (with --dataset-length)')
     args = parser.parse_args(argv)
+    if args.measure_steps < 0:
+        parser.error(f'--measure-steps must be >= 0, got {args.measure_steps}')
     if args.loader_check < 0:
         parser.error(f'--loader-check must be >= 0, got {args.loader_check}')
     if args.dataset_length is not None and args.dataset_length < 1:
@@ -74,9 +89,22 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def build_model(cfg: Config) -> torch.nn.Module:
-    """The config's model on the CPU; ``init_weights`` is not called, so nothing is downloaded."""
+    """The config's model on the CPU, with the embeddings adapted as ``MultigridHook`` adapts them;
+    ``init_weights`` is not called, so nothing is downloaded."""
     init_default_scope(cfg.get('default_scope', 'mmaction'))
-    return MODELS.build(cfg.model).cpu()
+    model = MODELS.build(cfg.model).cpu()
+    adapt_embeddings(model)
+    return model
+
+
+def measure_steps(cfg: Config, plan: MultigridPlan, steps: int) -> StepTimes:
+    """Seconds per training iteration at every shape of ``plan`` on the device the run would use."""
+    device = torch.device('cuda' if torch.cuda.is_available() else 'cpu')
+    model, optim_wrapper, num_classes = build_trainable(cfg, device)
+    adapt_embeddings(model)
+    if grouped_bn_enabled(cfg):
+        use_grouped_batchnorm(model, plan.options.bn_base_size)
+    return measure_plan(model, optim_wrapper, plan, num_classes, steps)
 
 
 def feature_map_rows(plan: MultigridPlan, maps: dict[GridShape, tuple[FeatureMap, ...]],
@@ -194,7 +222,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the tool; returns the exit status."""
     args = parse_args(argv)
     try:
-        cfg = Config.fromfile(args.config)
+        with base_variable_hint(args.config):
+            cfg = Config.fromfile(args.config)
         if args.cfg_options:
             cfg.merge_from_dict(args.cfg_options)
         plan = plan_from_config(cfg, args.gpus)
@@ -228,6 +257,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                   f'{type(exc).__name__}: {exc}'.replace('\n', ' '), file=sys.stderr)
             return 2
     samples = None if args.dataset_length is None else math.ceil(args.dataset_length / args.gpus)
+    times = None
+    if args.measure_steps:
+        try:
+            times = measure_steps(cfg, plan, args.measure_steps)
+        except (KeyError, TypeError, ValueError, AssertionError, RuntimeError) as exc:
+            print(f'error: the model of the config (model=...) cannot be trained at every grid shape: '
+                  f'{type(exc).__name__}: {exc}'.replace('\n', ' '), file=sys.stderr)
+            return 2
     workers = cfg.train_dataloader.get('num_workers', 0)
     warnings = ([] if maps is None else feature_map_warnings(plan, maps)) + (
         [] if costs is None else loader_cost_warnings(plan, costs, workers))
@@ -246,6 +283,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                                          crop_size=c.shape.crop_size,
                                          seconds_per_clip=c.seconds_per_clip,
                                          cost_vs_base=c.cost_vs_base) for c in costs]
+        if times is not None:
+            data['step_times'] = times.to_dict()
+            if samples is not None:
+                baseline_s, multigrid_s = predicted_seconds(plan, times, samples)
+                data['step_times']['predicted'] = dict(
+                    baseline_s=baseline_s, multigrid_s=multigrid_s, speedup=baseline_s / multigrid_s,
+                    iteration_speedup=data['iterations']['baseline'] / data['iterations']['multigrid'])
         if maps is not None or costs is not None:
             data['warnings'] = warnings
         print(json.dumps(data))
@@ -261,6 +305,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print('Optimizer steps per grid shape: give --dataset-length N (training clips)')
         if costs is not None:
             print(format_loader_costs(costs, plan, workers))
+        if times is not None:
+            print(format_step_times(plan, times, samples))
+            if samples is None:
+                print('Predicted wall-clock speed-up: give --dataset-length N (training clips)')
     for warning in warnings:
         print(f'warning: {warning}', file=sys.stderr)
     if args.plot:

@@ -15,6 +15,7 @@ import sys
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))  # run from a checkout
 
 from mmmultigrid import stack_fixes  # noqa: E402  (must precede anything built from mmaction)
+from mmmultigrid.baseline import base_variable_hint  # noqa: E402
 
 from mmengine.config import Config, DictAction  # noqa: E402
 from mmengine.device import get_device  # noqa: E402
@@ -107,7 +108,7 @@ def merge_args(cfg: Config, args: argparse.Namespace) -> Config:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    with stack_fixes.pkg_resources_hint():
+    with stack_fixes.pkg_resources_hint(), base_variable_hint(args.config):
         cfg = Config.fromfile(args.config)
     cfg = merge_args(cfg, args)
     runner = stack_fixes.build_runner(cfg)
