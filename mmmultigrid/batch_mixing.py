@@ -107,6 +107,5 @@ def advice(model: torch.nn.Module, plan: MultigridPlan, shape: GridShape) -> str
                 f'and this shape has T={shape.clip_len} (the base, SampleFrames.num_clips, is '
                 f'{plan.base.clip_len}): set num_segments and SampleFrames.num_clips to the same count, '
                 'and give MultigridHook.long_cycle_factors t=1 in every entry (spatial only)')
-    return ('the model does not compute each clip of this shape on its own: change '
-            'MultigridHook.long_cycle_factors / short_cycle_factors so that the plan avoids the shape, '
-            'or the model')
+    return ('change MultigridHook.long_cycle_factors / short_cycle_factors so that the plan avoids this '
+            'shape, or the model')
