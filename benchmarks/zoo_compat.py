@@ -62,7 +62,8 @@ from mmmultigrid.embeddings import adapt_embeddings, embedding_problems  # noqa:
 from mmmultigrid.pipeline import ShapeVaryingPipeline  # noqa: E402
 from mmmultigrid.plan import MultigridPlan  # noqa: E402
 from mmmultigrid.preflight import check_bn_groups, check_crops, check_temporal_strides  # noqa: E402
-from mmmultigrid.shape_failure import clip_inputs, explain_failure, run_clip  # noqa: E402
+from mmmultigrid.segments import clip_batch  # noqa: E402
+from mmmultigrid.shape_failure import explain_failure, run_clip  # noqa: E402
 
 CONFIG_ROOT = Path(mmaction.__file__).parent / '.mim' / 'configs' / 'recognition'
 STATUSES = ('trains', 'refused', 'not applicable', 'crash', 'timeout')
@@ -262,7 +263,7 @@ def train_step(model: torch.nn.Module, batch: int, clip_len: int, crop_size: int
                num_classes: int) -> None:
     """One training forward (random clips, random labels) and backward; gradients cleared after."""
     model.train()
-    inputs = torch.randn_like(clip_inputs(model, batch, clip_len, crop_size))
+    inputs = torch.randn_like(clip_batch(model, batch, clip_len, crop_size))
     samples = [ActionDataSample().set_gt_label(torch.randint(num_classes, ())) for _ in range(batch)]
     try:
         losses = model(inputs, samples, mode='loss')

@@ -15,6 +15,7 @@ from typing import Any, Iterator, Mapping
 from .lr_curve import parse_lr_schedulers
 from .pipeline import describe_pipeline, transform_name
 from .plan import BaseShape, MultigridOptions, MultigridPlan, build_plan
+from .segments import temporal_options
 
 OPTION_NAMES = tuple(f.name for f in dataclasses.fields(MultigridOptions))
 #: ``MultigridHook`` arguments that are not plan options, then the keys mmengine reads from the entry.
@@ -91,7 +92,10 @@ def plan_from_config(cfg: Mapping[str, Any], world_size: int,
     if not isinstance(base_lr, (int, float)) or base_lr <= 0:
         raise ValueError(f'optim_wrapper.optimizer.lr must be a positive number, got {base_lr!r}')
     curve = parse_lr_schedulers(cfg.get('param_scheduler'), max_epochs, float(base_lr))
-    return build_plan(base_shape(cfg), options or hook_options(cfg), curve, max_epochs, world_size)
+    options, notes = temporal_options(cfg.get('model', {}), train_transforms(cfg),
+                                      options or hook_options(cfg))
+    plan = build_plan(base_shape(cfg), options, curve, max_epochs, world_size)
+    return dataclasses.replace(plan, notes=notes)
 
 
 @contextmanager

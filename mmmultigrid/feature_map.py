@@ -15,6 +15,7 @@ from mmengine.logging import print_log
 
 from .shape_failure import explain_failure
 from .plan import GridShape, MultigridPlan, describe_use, epoch_ranges, shapes_in_use
+from .segments import clip_batch, map_size
 
 #: Smallest H' and W' of the backbone's output measured to still teach. ResNet3d of total spatial stride
 #: 32 on the synthetic set, 64 px base crop: 2x2 at the base crop, 1x1 at the 32 px short-cycle crop,
@@ -37,23 +38,24 @@ def output_tensors(feats: Any) -> list[torch.Tensor]:
 
 
 def feature_maps_of(feats: Any) -> tuple[FeatureMap, ...]:
-    """(T', H', W') of each N x C x T' x H' x W' tensor of a backbone output; pooled features and
-    class tokens (N x C) have none."""
-    return tuple(tuple(int(n) for n in f.shape[-3:]) for f in output_tensors(feats) if f.dim() == 5)
+    """(T', H', W') of each tensor of a backbone output for one clip: N x C x T' x H' x W', or T' x C x
+    H' x W' from a 2D backbone (frames folded into the batch); pooled features and class tokens (N x C)
+    have none."""
+    return tuple(map_size(f, 1) for f in output_tensors(feats) if f.dim() in (4, 5))
 
 
 def measure_feature_maps(model: torch.nn.Module,
                          plan: MultigridPlan) -> dict[GridShape, tuple[FeatureMap, ...]]:
     """For every grid shape of the plan (order of first use), (T', H', W') of each backbone output.
 
-    ``model`` is a ``Recognizer3D`` (not wrapped); SlowFast backbones give two outputs (slow, fast),
-    backbones that return pooled features or tokens only (TimeSformer, VideoMAE, UniFormerV2) none.
+    ``model`` is a recognizer (not wrapped); SlowFast backbones give two outputs (slow, fast),
+    backbones that return pooled features or tokens only (TimeSformer, VideoMAE, UniFormerV2) none, a
+    ``Recognizer2D``'s backbone one whose T' is its frames (segments) per clip.
     One forward of a single zero clip per distinct (T, S), without gradients, in eval mode on the
     model's device; every module's training flag is restored afterwards and eval mode leaves the
     batch-norm buffers untouched. A forward that fails raises ``RuntimeError`` naming the shape, where
     it fails and which multigrid mode the model can run (:func:`~mmmultigrid.shape_failure.explain_failure`).
     """
-    param = next(model.parameters())
     modes = [(module, module.training) for module in model.modules()]
     sizes: dict[tuple[int, int], tuple[FeatureMap, ...]] = {}
     model.eval()
@@ -63,8 +65,7 @@ def measure_feature_maps(model: torch.nn.Module,
                 key = (shape.clip_len, shape.crop_size)
                 if key in sizes:
                     continue
-                inputs = torch.zeros(1, 1, 3, shape.clip_len, shape.crop_size, shape.crop_size,
-                                     device=param.device, dtype=param.dtype)
+                inputs = clip_batch(model, 1, shape.clip_len, shape.crop_size)
                 try:
                     feats = model.extract_feat(inputs, stage='backbone')[0]
                 except RuntimeError as error:

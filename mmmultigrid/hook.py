@@ -159,7 +159,7 @@ class MultigridHook(Hook):
             print_log('MultigridHook: ' + compile_backbone(model, num_shapes, runner.cfg.compile) +
                       " (instead of mmengine's compiled train_step)", logger='current')
         if self.preflight:
-            run_preflight(runner, plan, bn_groups=self.grouped_bn,
+            run_preflight(runner, plan, bn_groups=converted > 0,  # 2D models have no BatchNorm3d
                           samples_per_rank=self.sampler.samples_per_rank,
                           loader_samples=self.loader_check)
         if self.measure_steps:

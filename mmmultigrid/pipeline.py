@@ -20,7 +20,9 @@ from mmaction.registry import TRANSFORMS
 from .plan import GridShape
 from .sampler import GridIndex
 
-SAMPLERS = ('SampleFrames', 'DenseSampleFrames')
+SAMPLERS = ('SampleFrames', 'DenseSampleFrames', 'UniformSample')
+#: Samplers whose clip spreads ``clip_len`` frames over the whole video: no frame interval to vary.
+UNIFORM_SAMPLERS = ('UniformSample',)
 #: Transforms that fix the output size, with the argument that holds it.
 FINAL_SIZE_KEYS = {'Resize': 'scale', 'RandomCrop': 'size', 'CenterCrop': 'crop_size'}
 #: Short-side scale jitter ranges whose lower bound follows the crop (the reference rule).
@@ -41,9 +43,13 @@ class PipelineShape:
     """What a train pipeline says about the base shape, and where.
 
     Attributes:
-        clip_len, frame_interval: T0 and I0 from its frame sampler.
+        clip_len, frame_interval: T0 and I0 from its frame sampler (I0 is 1 for ``UniformSample``).
         crop_size: S0 from its final fixed-size crop or resize.
         sampler_pos, final_pos: positions of those two transforms in the list.
+        temporal_key: the sampler argument that holds T: ``clip_len``, or ``num_clips`` when the
+            sampler takes several segments (a ``Recognizer2D``'s ``SampleFrames(clip_len=1,
+            num_clips=N)``: T is the number of segments, see :mod:`mmmultigrid.segments`).
+        interval_key: the sampler argument that holds I, or None (``UniformSample`` has none).
     """
 
     clip_len: int
@@ -51,13 +57,22 @@ class PipelineShape:
     crop_size: int
     sampler_pos: int
     final_pos: int
+    temporal_key: str = 'clip_len'
+    interval_key: str | None = 'frame_interval'
+
+    @property
+    def spans_video(self) -> bool:
+        """Whether a clip spans the same time at every T (segments, ``UniformSample``), so the frame
+        interval stays I0 instead of growing as T shrinks."""
+        return self.temporal_key != 'clip_len' or self.interval_key is None
 
 
 def describe_pipeline(transforms: Sequence[dict], key: str = 'train_pipeline') -> PipelineShape:
-    """Find T0, I0 (``SampleFrames``) and S0 (the last fixed-size crop/resize) in a list of configs.
+    """Find T0, I0 (the frame sampler) and S0 (the last fixed-size crop/resize) in a list of configs.
 
-    Raises ``ValueError`` naming ``key`` when the pipeline has no single frame sampler or no final
-    square crop/resize.
+    T0 is the sampler's ``clip_len``, or its ``num_clips`` when that is above 1 (segments). Raises
+    ``ValueError`` naming ``key`` when the pipeline has no single frame sampler or no final square
+    crop/resize.
     """
     if not isinstance(transforms, (list, tuple)) or not all(isinstance(t, dict) for t in transforms):
         raise TypeError(f'{key} must be a list of transform dicts, got {transforms!r}')
@@ -66,21 +81,27 @@ def describe_pipeline(transforms: Sequence[dict], key: str = 'train_pipeline') -
     if len(samplers) != 1:
         raise ValueError(f'{key} must hold exactly one of {SAMPLERS} to vary the clip length, '
                          f'found {len(samplers)} in {names}')
-    sampler = transforms[samplers[0]]
-    if sampler.get('num_clips', 1) != 1:
-        raise ValueError(f'{key}: {names[samplers[0]]}.num_clips must be 1 for multigrid training, got '
-                         f'{sampler.get("num_clips")!r}')
+    sampler, name = transforms[samplers[0]], names[samplers[0]]
+    num_clips = sampler.get('num_clips', 1)
+    if isinstance(num_clips, bool) or not isinstance(num_clips, int) or num_clips < 1:
+        raise ValueError(f'{key}: {name}.num_clips must be a positive int, got {num_clips!r}')
+    if name in UNIFORM_SAMPLERS and num_clips != 1:
+        raise ValueError(f'{key}: {name}.num_clips must be 1 in a train pipeline (it samples one '
+                         f'clip in training), got {num_clips!r}')
+    temporal_key = 'num_clips' if num_clips > 1 else 'clip_len'
+    interval_key = None if name in UNIFORM_SAMPLERS else 'frame_interval'
     final = [i for i, t in enumerate(transforms) if _fixed_size(t) is not None]
     if not final or final[-1] < samplers[0]:
         raise ValueError(f'{key} needs a final square crop or resize after {names[samplers[0]]} to '
                          'vary the crop size: Resize(scale=(S, S), keep_ratio=False), RandomCrop(size=S)'
                          f' or CenterCrop(crop_size=S); found {names}')
-    for arg, value in (('clip_len', sampler.get('clip_len')),
-                       ('frame_interval', sampler.get('frame_interval', 1))):
+    for arg in ('clip_len', 'frame_interval') if interval_key else ('clip_len', ):
+        value = sampler.get(arg, 1 if arg == 'frame_interval' else None)
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f'{key}: {names[samplers[0]]}.{arg} must be a positive int, got {value!r}')
-    return PipelineShape(sampler['clip_len'], sampler.get('frame_interval', 1),
-                         _fixed_size(transforms[final[-1]]), samplers[0], final[-1])
+            raise ValueError(f'{key}: {name}.{arg} must be a positive int, got {value!r}')
+    return PipelineShape(sampler[temporal_key], sampler.get('frame_interval', 1) if interval_key else 1,
+                         _fixed_size(transforms[final[-1]]), samplers[0], final[-1], temporal_key,
+                         interval_key)
 
 
 def _fixed_size(cfg: dict) -> int | None:
@@ -184,7 +205,9 @@ def shaped_transforms(transforms: Sequence[dict], base: PipelineShape, clip_len:
                       frame_interval: int, crop_size: int, scale_jitter: bool) -> list[dict]:
     """Copies of the transform configs retargeted to (T, interval, S)."""
     out = [dict(t) for t in transforms]
-    out[base.sampler_pos].update(clip_len=clip_len, frame_interval=frame_interval)
+    out[base.sampler_pos][base.temporal_key] = clip_len
+    if base.interval_key is not None:
+        out[base.sampler_pos][base.interval_key] = frame_interval
     if any(transform_name(cfg) in SCALED_DECODERS for cfg in out):
         scale_frames(out, base, crop_size)
     final = out[base.final_pos]
@@ -204,7 +227,10 @@ class ShapeVaryingPipeline(BaseTransform):
     """Run the wrapped train transforms at the grid shape that ``MultigridSampler`` chose.
 
     For a sample of grid shape (T, S): ``SampleFrames`` takes ``clip_len=T`` and a frame interval drawn
-    uniformly from ``I0 .. I0 * T0 // T`` (so short clips span up to the base clip's time), the final
+    uniformly from ``I0 .. I0 * T0 // T`` (so short clips span up to the base clip's time). Where
+    every clip spans the whole video whatever T, T is set and the interval stays I0: segments
+    (``SampleFrames``/``DenseSampleFrames`` with ``num_clips`` above 1, a ``Recognizer2D``'s temporal
+    axis) take ``num_clips=T``, ``UniformSample`` takes ``clip_len=T``. The final
     square crop/resize outputs S, and with ``scale_jitter`` the lower bound of ``RandomRescale``'s short
     side range scales by S/S0. Relative crops (``MultiScaleCrop``, ``RandomResizedCrop``) are unchanged,
     since the final resize sets their output size. With a ``ScaledRawFrameDecode``, frames are decoded
@@ -248,8 +274,10 @@ class ShapeVaryingPipeline(BaseTransform):
         return self._pipelines[key]
 
     def frame_intervals(self, clip_len: int) -> tuple[int, int]:
-        """The inclusive range of frame intervals for clips of ``clip_len`` frames."""
+        """The inclusive range of frame intervals for clips of ``clip_len`` frames (or segments)."""
         low = self.base.frame_interval
+        if self.base.spans_video:
+            return low, low
         return low, max(low, low * self.base.clip_len // clip_len)
 
     def _grid_shape(self, results: dict) -> GridShape:

@@ -172,7 +172,10 @@ class Segment:
 
 @dataclass(frozen=True)
 class MultigridPlan:
-    """The whole schedule. Build it with :func:`build_plan`; every component reads it."""
+    """The whole schedule. Build it with :func:`build_plan`; every component reads it.
+
+    ``notes`` say what the model changed in the plan (:func:`mmmultigrid.segments.temporal_options`).
+    """
 
     base: BaseShape
     options: MultigridOptions
@@ -182,6 +185,7 @@ class MultigridPlan:
     segments: tuple[Segment, ...]
     lr_curve: LRCurve = field(repr=False)
     step_schedule: bool
+    notes: tuple[str, ...] = ()
 
     def segment_at(self, epoch: int) -> Segment:
         """The segment that holds ``epoch`` (the last one beyond the end)."""
@@ -282,6 +286,7 @@ class MultigridPlan:
                 'short_cycle': [{'batch_size': g.batch_size, 'crop_size': g.crop_size}
                                 for g in s.shapes],
             } for s in self.segments],
+            **({'notes': list(self.notes)} if self.notes else {}),
         }
 
 

@@ -13,11 +13,13 @@ from mmengine.logging import print_log
 from mmengine.model import is_model_wrapper
 from mmengine.optim import AmpOptimWrapper, OptimWrapper
 
+from .batch_mixing import find_batch_mixing
 from .embeddings import embedding_problems
 from .feature_map import log_feature_maps, output_tensors
 from .loader_check import format_loader_costs, loader_cost_warnings, measure_loader_costs
 from .pipeline import FINAL_SIZE_KEYS, ShapeVaryingPipeline, transform_name
 from .plan import GridShape, MultigridPlan, Segment, describe_use, shapes_in_use
+from .segments import clip_batch
 
 
 class PreflightError(ValueError):
@@ -84,13 +86,13 @@ def forward_backward(module: torch.nn.Module, shape: GridShape, device: torch.de
                      optim_wrapper: OptimWrapper | None = None) -> None:
     """One forward/backward of a zero batch of ``shape`` through the recognizer's ``extract_feat``.
 
-    The input is (N, num_crops=1, C, T, H, W), the layout ``Recognizer3D`` takes. The forward runs in
-    ``optim_wrapper.optim_context``, as training's does (autocast with ``AmpOptimWrapper``). The model's
-    buffers (batch-norm running statistics) are restored afterwards and the gradients cleared.
+    The input is in the recognizer's layout (:func:`~mmmultigrid.segments.clip_batch`). The forward
+    runs in ``optim_wrapper.optim_context``, as training's does (autocast with ``AmpOptimWrapper``).
+    The model's buffers (batch-norm running statistics) are restored afterwards and the gradients
+    cleared.
     """
     saved = [buffer.detach().clone() for buffer in module.buffers()]
-    inputs = torch.zeros(shape.batch_size, 1, 3, shape.clip_len, shape.crop_size, shape.crop_size,
-                         device=device)
+    inputs = clip_batch(module, shape.batch_size, shape.clip_len, shape.crop_size).to(device)
     context = optim_wrapper.optim_context(module) if optim_wrapper is not None else nullcontext()
     try:
         with context:
@@ -147,7 +149,8 @@ def log_loader_costs(runner, plan: MultigridPlan, samples: int) -> None:
 
 def run_preflight(runner, plan: MultigridPlan, bn_groups: bool = True,
                   samples_per_rank: int | None = None, loader_samples: int = 0) -> None:
-    """All checks; raises :class:`PreflightError` on the first shape that cannot run.
+    """All checks; raises :class:`PreflightError` on the first shape that cannot run, or at which a
+    clip's output depends on the other clips of its batch (:mod:`mmmultigrid.batch_mixing`).
 
     ``bn_groups=False`` (``MultigridHook(grouped_bn=False)``) skips the batch-norm group check. The
     backbone's feature map at every shape is logged, with warnings for those too small to learn from
@@ -156,6 +159,9 @@ def run_preflight(runner, plan: MultigridPlan, bn_groups: bool = True,
     """
     module = runner.model.module if is_model_wrapper(runner.model) else runner.model
     check_temporal_strides(plan, getattr(module, 'backbone', module))
+    mixing = find_batch_mixing(module, plan)
+    if mixing is not None:
+        raise PreflightError(mixing)
     if bn_groups:
         check_bn_groups(plan)
     pipeline = next(t for t in runner.train_dataloader.dataset.pipeline.transforms

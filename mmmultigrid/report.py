@@ -35,7 +35,7 @@ def format_plan(plan: MultigridPlan, samples_per_rank: int | None = None) -> str
                 if plan.step_schedule else
                 "LR x: at each segment's first iteration; the LR follows the baseline's curve "
                 'by iteration fraction times the batch multiplier')
-    lines += [schedule,
+    lines += [schedule] + [f'Note: {note}' for note in plan.notes] + [
               f'Predicted savings: {plan.iteration_speedup:.2f}x fewer iterations, '
               f'{plan.flop_speedup:.2f}x fewer FLOPs than the baseline']
     return '\n'.join(lines)

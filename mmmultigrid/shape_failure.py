@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from .plan import MultigridPlan, build_plan
+from .segments import clip_batch
 
 #: The modes that vary one axis only: what stays fixed, and the ``MultigridHook`` arguments.
 ONE_AXIS_MODES = (('only the crop varies (T fixed)', dict(long_cycle=False)),
@@ -22,17 +23,10 @@ ONE_AXIS_MODES = (('only the crop varies (T fixed)', dict(long_cycle=False)),
                                                     short_cycle=False)))
 
 
-def clip_inputs(model: nn.Module, clips: int, clip_len: int, crop_size: int) -> torch.Tensor:
-    """Zero clips in ``Recognizer3D``'s layout (N x 1 x 3 x T x S x S), on the model's device."""
-    param = next(model.parameters())
-    return torch.zeros(clips, 1, 3, clip_len, crop_size, crop_size, device=param.device,
-                       dtype=param.dtype)
-
-
 def run_clip(model: nn.Module, clip_len: int, crop_size: int) -> None:
     """One forward of a zero clip through the backbone, without gradients."""
     with torch.no_grad():
-        model.extract_feat(clip_inputs(model, 1, clip_len, crop_size), stage='backbone')
+        model.extract_feat(clip_batch(model, 1, clip_len, crop_size), stage='backbone')
 
 
 def failing_module(model: nn.Module, run: Callable[[], None]) -> tuple[str, nn.Module] | None:

@@ -24,6 +24,7 @@ from mmengine.logging import MMLogger
 from mmengine.optim import OptimWrapper, build_optim_wrapper
 
 from .plan import GridShape, MultigridPlan
+from .segments import clip_batch
 
 
 @dataclass(frozen=True)
@@ -75,13 +76,13 @@ def base_grid_shape(plan: MultigridPlan) -> GridShape:
     return GridShape(plan.base.batch_size, plan.base.clip_len, plan.base.crop_size)
 
 
-def random_batch(shape: GridShape, num_classes: int,
-                 device: torch.device) -> tuple[torch.Tensor, list]:
-    """Random normalised inputs ``(B, 1, 3, T, S, S)`` (the layout ``Recognizer3D`` takes) and data
-    samples with random labels."""
+def random_batch(model: torch.nn.Module, shape: GridShape,
+                 num_classes: int) -> tuple[torch.Tensor, list]:
+    """Random normalised inputs in the recognizer's layout (:func:`~mmmultigrid.segments.clip_batch`)
+    on its device, and data samples with random labels."""
     from mmaction.structures import ActionDataSample
-    inputs = torch.randn(shape.batch_size, 1, 3, shape.clip_len, shape.crop_size, shape.crop_size,
-                         device=device)
+    inputs = clip_batch(model, shape.batch_size, shape.clip_len, shape.crop_size,
+                        torch.Generator().manual_seed(0))
     labels = torch.randint(num_classes, (shape.batch_size, )).tolist()
     return inputs, [ActionDataSample().set_gt_label(label) for label in labels]
 
@@ -117,7 +118,6 @@ def time_train_steps(model: torch.nn.Module, optim_wrapper: OptimWrapper,
     batch-norm buffers) and the optimizer's are put back afterwards, so training is unchanged."""
     if steps < 1 or warmup < 0:
         raise ValueError(f'need steps >= 1 and warmup >= 0, got steps={steps}, warmup={warmup}')
-    device = next(model.parameters()).device
     saved = (copy.deepcopy(model.state_dict()), copy.deepcopy(optim_wrapper.state_dict())
              ) if restore else None
     training = model.training
@@ -127,7 +127,7 @@ def time_train_steps(model: torch.nn.Module, optim_wrapper: OptimWrapper,
     try:
         for round_ in range(warmup + steps):
             for i, shape in enumerate(shapes):
-                seconds, peak = train_step(model, optim_wrapper, random_batch(shape, num_classes, device))
+                seconds, peak = train_step(model, optim_wrapper, random_batch(model, shape, num_classes))
                 if round_ >= warmup:
                     times[i].append(seconds)
                     if peak is not None:

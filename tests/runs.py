@@ -112,3 +112,19 @@ default_hooks = dict(logger=dict(interval=1), checkpoint=dict(interval=1, max_ke
 {extra}
 """)
     return path
+
+
+def tiny_2d_model(backbone: str = 'ResNetTSM', head: str = 'TSMHead', num_segments: int = 4,
+                  head_segments: int | None = None, num_classes: int = 4) -> dict[str, Any]:
+    """A Recognizer2D config: ResNet-18 (``ResNet`` for TSN, ``ResNetTSM``/``ResNetTIN``) with a
+    ``TSMHead``/``TSNHead``/``TRNHead``; ``num_segments`` for the backbone and the head (unless
+    ``head_segments``), no pretrained weights."""
+    backbone_cfg = dict(type=backbone, depth=18, pretrained=None, norm_eval=False)
+    if backbone != 'ResNet':
+        backbone_cfg.update(num_segments=num_segments, pretrained2d=False)
+    head_cfg = dict(type=head, num_classes=num_classes, in_channels=512, dropout_ratio=0.0)
+    if head != 'TSNHead':
+        head_cfg.update(num_segments=head_segments or num_segments)
+    return dict(type='Recognizer2D', backbone=backbone_cfg, cls_head=head_cfg,
+                data_preprocessor=dict(type='ActionDataPreprocessor', mean=[128.0] * 3,
+                                       std=[64.0] * 3, format_shape='NCHW'))

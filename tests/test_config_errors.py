@@ -199,7 +199,7 @@ KEY = 'train_dataloader.dataset.pipeline'
 
 @pytest.mark.parametrize('transforms, error, message', [
     ([t for t in PIPELINE if t['type'] != 'SampleFrames'], ValueError,
-     f"{KEY} must hold exactly one of ('SampleFrames', 'DenseSampleFrames')"),
+     f"{KEY} must hold exactly one of ('SampleFrames', 'DenseSampleFrames', 'UniformSample')"),
     (PIPELINE[:2] + PIPELINE[1:], ValueError, 'found 2 in'),
     (PIPELINE[:5] + PIPELINE[6:], ValueError, f'{KEY} needs a final square crop or resize after '
      'SampleFrames'),
@@ -208,8 +208,10 @@ KEY = 'train_dataloader.dataset.pipeline'
     (replaced(5, scale=(0, 0)), ValueError, 'needs a final square crop or resize'),
     ([PIPELINE[5]] + PIPELINE[:5] + PIPELINE[6:], ValueError,
      'needs a final square crop or resize after SampleFrames'),
-    (replaced(1, num_clips=3), ValueError, f'{KEY}: SampleFrames.num_clips must be 1 for multigrid '
-     'training, got 3'),
+    (replaced(1, num_clips=0), ValueError, f'{KEY}: SampleFrames.num_clips must be a positive int, '
+     'got 0'),
+    (replaced(1, type='UniformSample', num_clips=2), ValueError, f'{KEY}: UniformSample.num_clips must '
+     'be 1 in a train pipeline (it samples one clip in training), got 2'),
     (replaced(1, clip_len=0), ValueError, f'{KEY}: SampleFrames.clip_len must be a positive int, '
      'got 0'),
     (replaced(1, clip_len=None), ValueError, 'SampleFrames.clip_len must be a positive int, got None'),
@@ -223,6 +225,19 @@ def test_bad_train_pipeline(transforms: list, error: type[Exception], message: s
         plan_from_config(with_pipeline(transforms), 1)
     with pytest.raises(error, match=re.escape(message.replace(KEY, 'ShapeVaryingPipeline.transforms'))):
         ShapeVaryingPipeline(transforms)
+
+
+def test_segments_outside_a_recognizer2d() -> None:
+    """num_clips above 1 is the segment axis of a Recognizer2D; the plan refuses it for other models
+    (ShapeVaryingPipeline alone cannot tell)."""
+    cfg = with_pipeline(replaced(1, num_clips=3))
+    cfg.model = dict(type='Recognizer3D')
+    with pytest.raises(ValueError, match=re.escape(
+            f"{KEY}: SampleFrames.num_clips must be 1 (got 3): multigrid varies the segments "
+            "(num_clips) only in a Recognizer2D, and model.type is 'Recognizer3D'")):
+        plan_from_config(cfg, 1)
+    cfg.model = dict(type='Recognizer2D')
+    assert plan_from_config(cfg, 1).base.clip_len == 3
 
 
 def test_crop_size_zero_names_the_key() -> None:

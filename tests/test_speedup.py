@@ -23,7 +23,7 @@ def test_both_runs_share_the_recipe(preset: str) -> None:
     baseline = speedup.build_config('baseline', settings, DATA)
     multigrid = speedup.build_config('multigrid', settings, DATA)
     for cfg in (baseline, multigrid):
-        assert cfg.model.backbone.base_channels == settings['model']['base_channels']
+        assert all(cfg.model.backbone[k] == v for k, v in settings['model'].items())
         assert cfg.model.cls_head.num_classes == 5
         assert cfg.train_dataloader.dataset.ann_file == '/train.txt'
         assert cfg.val_dataloader.dataset.data_prefix.video == '/videos'
@@ -35,8 +35,25 @@ def test_both_runs_share_the_recipe(preset: str) -> None:
     assert wrapped.transforms == baseline.train_dataloader.dataset.pipeline
     plan = plan_from_config(multigrid, 1)
     pipe = settings['pipeline']
-    assert (plan.base.clip_len, plan.base.crop_size) == (pipe['clip_len'], pipe['crop_size'])
+    assert (plan.base.clip_len, plan.base.crop_size) == (pipe.get('num_clips', pipe['clip_len']),
+                                                          pipe['crop_size'])
     assert plan.baseline_max_epochs == settings['schedule']['max_epochs']
+
+
+def test_tsm_preset_is_a_spatial_only_2d_plan() -> None:
+    """The 2D preset: a Recognizer2D whose backbone, head and sampler agree on 8 segments; the plan
+    keeps them and varies only the crop."""
+    cfg = speedup.build_config('multigrid', speedup.PRESETS['tsm'], DATA)
+    assert cfg.model.type == 'Recognizer2D' and cfg.model.cls_head.num_segments == 8
+    (sampler, ) = [t for t in cfg.train_dataloader.dataset.pipeline[0].transforms
+                   if t['type'] == 'SampleFrames']
+    assert (sampler['clip_len'], sampler['num_clips']) == (1, 8)
+    plan = plan_from_config(cfg, 1)
+    assert {g.clip_len for s in plan.segments for g in s.shapes} == {8}
+    assert {g.crop_size for s in plan.segments for g in s.shapes} == {24, 34, 48}
+    assert 'the long cycle is spatial only' in plan.notes[-1]
+    (val, ) = [t for t in cfg.val_dataloader.dataset.pipeline if t['type'] == 'SampleFrames']
+    assert (val['num_clips'], val['test_mode']) == (8, True)  # evaluation stays at the base shape
 
 
 def test_rawframes_configs() -> None:

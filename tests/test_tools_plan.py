@@ -65,7 +65,8 @@ def test_bad_option_exits_2_with_one_line_error() -> None:
 
 def test_table_lists_every_segment(tool: ModuleType, capsys: pytest.CaptureFixture) -> None:
     slim = ['--cfg-options', 'model.backbone.slow_pathway.base_channels=8',  # the R50's shapes, cheap
-            'model.backbone.fast_pathway.base_channels=1']
+            'model.backbone.fast_pathway.base_channels=1',
+            'model.cls_head.in_channels=288']  # slow 8 * 32 + fast 1 * 32 output channels
     assert tool.main([str(CONFIG), '--gpus', '8', '--dataset-length', '240000', *slim]) == 0
     out = capsys.readouterr().out
     begins = [0] + EXAMPLE_ENDS[:-1]

@@ -10,16 +10,17 @@ Examples::
     python tools/plan.py CONFIG --gpus 8 --dataset-length 240000 --measure-steps 10
 
 Unless ``--no-feature-maps``, the model is built from the config (no weights are loaded) and run on the
-CPU once per grid shape to report the backbone's feature map there; feature maps too small to learn from
-are warned about on stderr (``warning: ...``). With ``--loader-check N``, N clips of the config's train
-dataset are loaded at every grid shape (the data must be there) to report the loader's work per
-iteration against the base shape's, with a warning for each shape where it will not keep up. With
-``--measure-steps N``, N training iterations of the per-GPU batch (forward, backward and optimizer step
-on random inputs, the config's ``optim_wrapper`` with its AMP setting, batch norm grouped as
-``MultigridHook`` does) are timed at every grid shape and at the base shape on the device the run would
-use (CUDA when there is one, else the CPU), and with ``--dataset-length`` the whole plan's wall-clock
-speed-up is predicted from them. Errors in the config print ``error: ...`` on stderr and exit with
-status 2.
+CPU at every grid shape: a shape at which a clip's output depends on the other clips of its batch is an
+error (``mmmultigrid/batch_mixing.py``), and the backbone's feature map is reported; feature maps too
+small to learn from are warned about on stderr (``warning: ...``). With ``--loader-check N``, N clips
+of the config's train dataset are loaded at every grid shape (the data must be there) to report the
+loader's work per iteration against the base shape's, with a warning for each shape where it will not
+keep up. With ``--measure-steps N``, N training iterations of the per-GPU batch (forward, backward and
+optimizer step on random inputs, the config's ``optim_wrapper`` with its AMP setting, batch norm
+grouped as ``MultigridHook`` does) are timed at every grid shape and at the base shape on the device the
+run would use (CUDA when there is one, else the CPU), and with ``--dataset-length`` the whole plan's
+wall-clock speed-up is predicted from them. Errors in the config print ``error: ...`` on stderr and exit
+with status 2.
 """
 from __future__ import annotations
 
@@ -41,6 +42,7 @@ from mmengine.logging import MMLogger  # noqa: E402
 from mmengine.registry import init_default_scope  # noqa: E402
 
 from mmmultigrid.baseline import base_variable_hint, grouped_bn_enabled, plan_from_config  # noqa: E402
+from mmmultigrid.batch_mixing import find_batch_mixing  # noqa: E402
 from mmmultigrid.batchnorm import use_grouped_batchnorm  # noqa: E402
 from mmmultigrid.embeddings import adapt_embeddings  # noqa: E402
 from mmmultigrid.feature_map import (FeatureMap, feature_map_warnings,  # noqa: E402
@@ -68,7 +70,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument('--dataset-length', type=int, metavar='N',
                         help='training clips in the dataset: add exact iteration counts')
     parser.add_argument('--no-feature-maps', action='store_true',
-                        help="do not build the model to report the backbone's feature map per shape")
+                        help="do not build the model to report the backbone's feature map per shape "
+                        'and check that the clips of a batch do not mix')
     parser.add_argument('--loader-check', type=int, default=0, metavar='N',
                         help="load N clips of the train dataset per grid shape and report the "
                         "loader's work per iteration against the base shape's")
@@ -230,10 +233,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     maps = None
     if not args.no_feature_maps:
         try:
-            maps = measure_feature_maps(build_model(cfg), plan)
+            model = build_model(cfg)
+            mixing = find_batch_mixing(model, plan)
+            maps = None if mixing else measure_feature_maps(model, plan)
         except (KeyError, TypeError, ValueError, AssertionError, RuntimeError) as exc:
             print(f'error: the model of the config (model=...) cannot be built or run: {exc}'
                   .replace('\n', ' '), file=sys.stderr)
+            return 2
+        if mixing:
+            print(f'error: {mixing}', file=sys.stderr)
             return 2
     costs = None
     if args.loader_check:
