@@ -61,7 +61,7 @@ from mmmultigrid.batchnorm import use_grouped_batchnorm  # noqa: E402
 from mmmultigrid.embeddings import adapt_embeddings, embedding_problems  # noqa: E402
 from mmmultigrid.pipeline import ShapeVaryingPipeline  # noqa: E402
 from mmmultigrid.plan import MultigridPlan  # noqa: E402
-from mmmultigrid.preflight import check_bn_groups, check_crops, check_temporal_strides  # noqa: E402
+from mmmultigrid.preflight import check_crops, check_temporal_strides  # noqa: E402
 from mmmultigrid.segments import clip_batch  # noqa: E402
 from mmmultigrid.shape_failure import explain_failure, run_clip  # noqa: E402
 
@@ -202,10 +202,9 @@ def make_plan(cfg: Config, gpus: int) -> MultigridPlan:
 
 
 def config_refusal(cfg: Config, plan: MultigridPlan) -> str | None:
-    """The first message of the preflight checks that need no model (batch-norm groups, crops)."""
+    """The first message of the preflight checks that need no model (the crops)."""
     init_default_scope(cfg.get('default_scope', 'mmaction'))
     try:
-        check_bn_groups(plan)
         check_crops(plan, ShapeVaryingPipeline(train_transforms(cfg)))
     except ValueError as exc:
         return f'{type(exc).__name__}: {exc}'

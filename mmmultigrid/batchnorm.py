@@ -31,10 +31,26 @@ def ranks_per_group(batch: int, group_size: int, world_size: int) -> int:
     return 1
 
 
+def local_groups(batch: int, group_size: int) -> int:
+    """The number of equal groups a batch of ``batch`` samples splits into within a process.
+
+    1 up to ``group_size``; above it ``batch // group_size`` when ``group_size`` divides the batch, else
+    the divisor of ``batch`` whose groups come closest to ``group_size`` (the larger groups on a tie):
+    12 with ``group_size`` 8 gives 2 groups of 6, 60 gives 6 groups of 10, 9 one group of 9.
+    """
+    if batch <= group_size:
+        return 1
+    if batch % group_size == 0:
+        return batch // group_size
+    divisors = [g for g in range(1, batch + 1) if batch % g == 0]
+    return min(divisors, key=lambda g: (abs(batch / g - group_size), -batch / g))
+
+
 def describe_groups(batch: int, group_size: int, world_size: int) -> str:
     """How a training batch of ``batch`` clips per process is normalised, in words."""
-    if batch > group_size and batch % group_size == 0:
-        return f'{batch // group_size} groups of {group_size} in each process'
+    groups = local_groups(batch, group_size)
+    if groups > 1:
+        return f'{groups} groups of {batch // groups} in each process'
     ranks = ranks_per_group(batch, group_size, world_size)
     if ranks > 1:
         return f'groups of {group_size} over {ranks} neighbouring ranks'
@@ -79,8 +95,9 @@ class _GroupSum(torch.autograd.Function):
 class GroupedBatchNorm3d(nn.BatchNorm3d):
     """``BatchNorm3d`` whose training statistics come from groups of ``group_size`` samples.
 
-    A batch of N samples forms ``N // group_size`` groups when N is a multiple of ``group_size`` above
-    it (samples ``g, g + k, g + 2k, ...`` form group ``g``). A batch below ``group_size`` that divides it
+    A batch of N samples above ``group_size`` forms ``k = local_groups(N, group_size)`` equal groups
+    (samples ``g, g + k, g + 2k, ...`` form group ``g``): ``N // group_size`` when ``group_size``
+    divides N, else the split closest to it. A batch below ``group_size`` that divides it
     joins the batches of ``group_size // N`` neighbouring ranks, when that number divides the world size
     (:func:`ranks_per_group`). Otherwise the whole batch is one group.
     """
@@ -90,8 +107,10 @@ class GroupedBatchNorm3d(nn.BatchNorm3d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.training:
             n = x.shape[0]
-            if n > self.group_size and n % self.group_size == 0:
-                return self._local_groups_forward(x, n // self.group_size)
+            if n > self.group_size:
+                groups = local_groups(n, self.group_size)
+                if groups > 1:
+                    return self._local_groups_forward(x, groups)
             # distributed first: a single process then adds no guard on n (torch.compile graphs)
             if dist.is_available() and dist.is_initialized() and n < self.group_size:
                 ranks = ranks_per_group(n, self.group_size, dist.get_world_size())

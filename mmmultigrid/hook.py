@@ -31,7 +31,8 @@ from mmengine.model import is_model_wrapper
 from mmaction.registry import HOOKS
 
 from .baseline import plan_from_config
-from .batchnorm import describe_groups, neighbour_group, ranks_per_group, use_grouped_batchnorm
+from .batchnorm import describe_groups, local_groups, neighbour_group, ranks_per_group, \
+    use_grouped_batchnorm
 from .collate import StackingCollate
 from .compile import compile_backbone
 from .embeddings import adapt_embeddings
@@ -159,8 +160,7 @@ class MultigridHook(Hook):
             print_log('MultigridHook: ' + compile_backbone(model, num_shapes, runner.cfg.compile) +
                       " (instead of mmengine's compiled train_step)", logger='current')
         if self.preflight:
-            run_preflight(runner, plan, bn_groups=converted > 0,  # 2D models have no BatchNorm3d
-                          samples_per_rank=self.sampler.samples_per_rank,
+            run_preflight(runner, plan, samples_per_rank=self.sampler.samples_per_rank,
                           loader_samples=self.loader_check)
         if self.measure_steps:
             times = measure_plan(model, runner.optim_wrapper, plan, model.cls_head.num_classes,
@@ -266,7 +266,7 @@ def json_round_trip(plan: MultigridPlan) -> dict:
 
 def make_bn_groups(plan: MultigridPlan) -> None:
     """Make the process groups of grouped batch norm and log how each batch size of the plan is grouped
-    (a warning where groups are smaller than ``bn_base_size``).
+    (a warning where groups are not of ``bn_base_size`` clips).
 
     Every rank makes all groups here, in the same order, outside any compiled graph (dynamo cannot trace
     ``new_group``).
@@ -284,6 +284,13 @@ def make_bn_groups(plan: MultigridPlan) -> None:
                   f'batch to divide the number of GPUs ({world}); change MultigridHook.bn_base_size, '
                   'train_dataloader.batch_size or the number of GPUs', logger='current',
                   level=logging.WARNING)
+    uneven = [b for b in batches if b > size and b % size]
+    if uneven:
+        print_log(f'MultigridHook: bn_base_size={size} does not divide batches {uneven} per GPU: they are '
+                  'normalised in groups of ' + ', '.join(
+                      f'{b // local_groups(b, size)} (batch {b})' for b in uneven) +
+                  '; a batch that bn_base_size divides (train_dataloader.batch_size) keeps groups of '
+                  f'{size} at every grid shape', logger='current', level=logging.WARNING)
 
 
 def validates_after_epoch(runner) -> bool:

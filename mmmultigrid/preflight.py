@@ -45,16 +45,6 @@ def check_temporal_strides(plan: MultigridPlan, backbone: torch.nn.Module) -> No
                 'or SampleFrames.clip_len so every T is a multiple of it')
 
 
-def check_bn_groups(plan: MultigridPlan) -> None:
-    """Batches above ``bn_base_size`` must split into whole groups."""
-    size = plan.options.bn_base_size
-    for segment, shape in shapes_in_use(plan):
-        if shape.batch_size > size and shape.batch_size % size:
-            raise PreflightError(f'{_where(segment, shape)}: batch {shape.batch_size} does not split '
-                                 f'into groups of MultigridHook.bn_base_size={size}; change '
-                                 'bn_base_size or train_dataloader.batch_size')
-
-
 def check_crops(plan: MultigridPlan, pipeline: ShapeVaryingPipeline) -> None:
     """Crops that cut pixels (RandomCrop/CenterCrop) must fit in the short side resized before them."""
     final = pipeline.transforms[pipeline.base.final_pos]
@@ -147,13 +137,12 @@ def log_loader_costs(runner, plan: MultigridPlan, samples: int) -> None:
         print_log(f'preflight: {warning}', logger='current', level=logging.WARNING)
 
 
-def run_preflight(runner, plan: MultigridPlan, bn_groups: bool = True,
+def run_preflight(runner, plan: MultigridPlan,
                   samples_per_rank: int | None = None, loader_samples: int = 0) -> None:
     """All checks; raises :class:`PreflightError` on the first shape that cannot run, or at which a
     clip's output depends on the other clips of its batch (:mod:`mmmultigrid.batch_mixing`).
 
-    ``bn_groups=False`` (``MultigridHook(grouped_bn=False)``) skips the batch-norm group check. The
-    backbone's feature map at every shape is logged, with warnings for those too small to learn from
+    The backbone's feature map at every shape is logged, with warnings for those too small to learn from
     (and the optimizer steps at each shape when ``samples_per_rank``, clips per rank an epoch, is given);
     with ``loader_samples``, so is the loader's cost per shape (:func:`log_loader_costs`).
     """
@@ -162,8 +151,6 @@ def run_preflight(runner, plan: MultigridPlan, bn_groups: bool = True,
     mixing = find_batch_mixing(module, plan)
     if mixing is not None:
         raise PreflightError(mixing)
-    if bn_groups:
-        check_bn_groups(plan)
     pipeline = next(t for t in runner.train_dataloader.dataset.pipeline.transforms
                     if isinstance(t, ShapeVaryingPipeline))
     check_crops(plan, pipeline)

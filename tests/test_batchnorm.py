@@ -11,7 +11,7 @@ from torch import nn
 
 from gloo import run_on_ranks
 from mmmultigrid import batchnorm
-from mmmultigrid.batchnorm import GroupedBatchNorm3d, describe_groups, ranks_per_group, \
+from mmmultigrid.batchnorm import GroupedBatchNorm3d, describe_groups, local_groups, ranks_per_group, \
     use_grouped_batchnorm
 
 
@@ -49,9 +49,9 @@ def test_running_stats_are_the_merged_whole_batch_statistics(momentum: float | N
     assert int(grouped.num_batches_tracked) == int(plain.num_batches_tracked) == 3
 
 
-def test_small_or_indivisible_batches_and_eval_are_plain_bn() -> None:
+def test_small_batches_and_eval_are_plain_bn() -> None:
     grouped, plain = pair()
-    for n in (4, 8, 12):  # <= group size, or not a multiple of it: one group
+    for n in (4, 8, 9):  # <= group size, or with no split closer to it than the whole batch
         x = torch.randn(n, 4, 2, 3, 3)
         assert torch.allclose(grouped(x), plain(x), atol=1e-5)
     grouped.eval()
@@ -108,6 +108,17 @@ def test_autocast_matches_plain_bn_per_group_with_float32_statistics(dtype: torc
 
 
 # --- groups across processes -----------------------------------------------------------------------
+def test_a_batch_the_group_size_does_not_divide_splits_closest_to_it() -> None:
+    assert [local_groups(n, 8) for n in (4, 8, 9, 12, 16, 18, 60, 96)] == [1, 1, 1, 2, 2, 2, 6, 12]
+    assert describe_groups(12, 8, 1) == '2 groups of 6 in each process'
+    assert describe_groups(9, 8, 1) == 'one group of 9 in each process'
+    grouped, plain = pair()
+    x = torch.randn(12, 4, 2, 3, 3)
+    expected = torch.cat([plain(x[g::2]) for g in range(2)])  # samples g, g + 2, ... form group g
+    order = torch.cat([torch.arange(g, 12, 2) for g in range(2)])
+    assert torch.allclose(grouped(x)[order], expected, atol=1e-5)
+
+
 def test_ranks_per_group() -> None:
     assert ranks_per_group(2, 8, 8) == 4  # ranks 0-3 and 4-7
     assert ranks_per_group(4, 8, 2) == 2

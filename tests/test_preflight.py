@@ -1,6 +1,7 @@
 """Preflight: every check fails on a shape that cannot run, naming the shape, its epochs and the key."""
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 from types import SimpleNamespace
@@ -18,7 +19,7 @@ from mmmultigrid.lr_curve import parse_lr_schedulers
 from mmmultigrid.pipeline import ShapeVaryingPipeline
 from mmmultigrid.plan import BaseShape, GridShape, MultigridOptions, MultigridPlan, Segment, \
     build_plan
-from mmmultigrid.preflight import PreflightError, check_bn_groups, check_crops, check_memory, \
+from mmmultigrid.preflight import PreflightError, check_crops, check_memory, \
     check_temporal_strides, forward_backward, run_preflight
 from mmmultigrid.synthetic_videos import SyntheticDataset
 from runs import train, write_tiny_multigrid_config
@@ -113,25 +114,6 @@ def test_slowfast_check_agrees_with_the_real_model() -> None:
 
 
 # --- batch norm groups ------------------------------------------------------------------------------
-def test_batch_not_divisible_by_bn_base_size() -> None:
-    plan = make_plan(bn_base_size=3)  # per-GPU batches 16, 8, 4, 2, 1
-    with pytest.raises(PreflightError) as error:
-        check_bn_groups(plan)
-    assert_names(error, *first_use(plan, lambda g: g.batch_size > 3 and g.batch_size % 3),
-                 'MultigridHook.bn_base_size=3', 'train_dataloader.batch_size')
-    check_bn_groups(make_plan(bn_base_size=8))
-    check_bn_groups(make_plan(bn_base_size=16))  # batches up to 16: one group each
-
-
-def test_grouped_bn_off_skips_the_group_check() -> None:
-    plan = make_plan(bn_base_size=3)
-    runner = stub_runner(tiny_r3d(), ShapeVaryingPipeline(
-        HEAD + [dict(type='Resize', scale=(32, 32), keep_ratio=False)] + TAIL))
-    with pytest.raises(PreflightError, match='bn_base_size'):
-        run_preflight(runner, plan)
-    run_preflight(runner, plan, bn_groups=False)
-
-
 # --- crops ------------------------------------------------------------------------------------------
 def test_random_crop_larger_than_resized_short_side() -> None:
     pipeline = ShapeVaryingPipeline(HEAD + [dict(type='Resize', scale=(-1, 200)),
@@ -253,18 +235,24 @@ def test_failure_under_autocast_names_the_shape_and_the_precision(
 # --- in training: at start-up, before the first iteration; preflight=False skips it ------------------
 def test_training_fails_at_start_up_and_preflight_false_skips(synthetic_dataset: SyntheticDataset,
                                                                tmp_path: Path) -> None:
-    failing = write_tiny_multigrid_config(tmp_path / 'bad_bn.py', synthetic_dataset, max_epochs=2,
-                                          milestones=(1, ), hook='trace=True, bn_base_size=3')
+    """A 32 px crop cut from frames resized to a short side of 24: refused before the first iteration;
+    with ``preflight=False`` training starts and fails at the first 32 px batch instead."""
+    too_small = ("train_pipeline[3]['scale'] = (-1, 24)\n"
+                 "train_pipeline[4:6] = [dict(type='RandomCrop', size=32)]")
+    failing = write_tiny_multigrid_config(tmp_path / 'bad_crop.py', synthetic_dataset, max_epochs=2,
+                                          milestones=(1, ), extra=too_small)
     proc = train(failing, tmp_path / 'failing', check=False)
     assert proc.returncode != 0
     last = proc.stderr.strip().splitlines()[-1]
-    assert last.startswith('mmmultigrid.preflight.PreflightError: grid shape (batch 16')
-    assert 'MultigridHook.bn_base_size=3' in last
+    assert last.startswith('mmmultigrid.preflight.PreflightError: grid shape (batch ')
+    assert 'crop 32 exceeds the short side 24 set by Resize' in last
     assert not (tmp_path / 'failing' / 'multigrid_trace.rank0.jsonl').exists()  # no iteration ran
 
     skipped = write_tiny_multigrid_config(tmp_path / 'skipped.py', synthetic_dataset, max_epochs=2,
-                                          milestones=(1, ),
-                                          hook='trace=True, bn_base_size=3, preflight=False')
-    proc = train(skipped, tmp_path / 'skipped')
+                                          milestones=(1, ), hook='trace=True, preflight=False',
+                                          extra=too_small)
+    proc = train(skipped, tmp_path / 'skipped', check=False)
     assert 'preflight:' not in proc.stdout + proc.stderr
-    assert (tmp_path / 'skipped' / 'epoch_3.pth').is_file()
+    assert proc.returncode != 0
+    trace = (tmp_path / 'skipped' / 'multigrid_trace.rank0.jsonl').read_text().splitlines()
+    assert trace and all(json.loads(line)['crop_size'] < 32 for line in trace)
