@@ -36,7 +36,7 @@ from mmengine.hooks import Hook  # noqa: E402
 from mmengine.model import is_model_wrapper  # noqa: E402
 from mmaction.registry import HOOKS  # noqa: E402
 
-from mmmultigrid.batchnorm import use_grouped_batchnorm  # noqa: E402
+from mmmultigrid.models.batchnorm import use_grouped_batchnorm  # noqa: E402
 
 
 @HOOKS.register_module()

@@ -8,7 +8,7 @@ with ``--hook-option`` arguments of ``MultigridHook`` (e.g. another ``long_cycle
 invocations with other variants or lengths can fill one ``--out`` with ``--resume``.
 
 Time does not depend on the machine's load: ``--calibrate`` times training iterations at every grid
-shape of every variant and at the base shape (:mod:`mmmultigrid.step_time`, the preset's torch threads,
+shape of every variant and at the base shape (:mod:`mmmultigrid.engine.step_time`, the preset's torch threads,
 on a quiet machine), and stores the seconds with the machine's description in the JSON. Each run records
 its iterations per shape and epoch; its ``modeled_time_s`` (and that of every validation point) is their
 sum times the calibrated seconds. Its measured ``wall_clock_s`` is kept beside it.
@@ -170,7 +170,7 @@ def base_key(preset: dict[str, Any]) -> str:
 def calibration_shapes(preset: dict[str, Any], data: dict[str, Any],
                        variants: list[dict[str, Any]]) -> list[GridShape]:
     """The base shape and every grid shape of the multigrid variants (hook options), in first use."""
-    from mmmultigrid.step_time import plan_shapes
+    from mmmultigrid.engine.step_time import plan_shapes
     shapes: list[GridShape] = []
     for options in variants:
         cfg, _ = run_config('multigrid', preset, data, 0, 1, options)
@@ -184,8 +184,8 @@ def calibrate(preset: dict[str, Any], data: dict[str, Any], variants: list[dict[
     the preset's torch threads (the multigrid model, batch norm grouped as in training)."""
     import torch
 
-    from mmmultigrid.batchnorm import use_grouped_batchnorm
-    from mmmultigrid.step_time import build_trainable, time_train_steps
+    from mmmultigrid.models.batchnorm import use_grouped_batchnorm
+    from mmmultigrid.engine.step_time import build_trainable, time_train_steps
     shapes = calibration_shapes(preset, data, variants)
     cfg, _ = run_config('multigrid', preset, data, 0, 1)
     threads = torch.get_num_threads()

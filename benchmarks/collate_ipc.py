@@ -28,7 +28,7 @@ if str(BENCHMARKS) not in sys.path:
 
 from loader_throughput import machine  # noqa: E402  (also repairs the OpenMMLab stack)
 from mmaction.structures import ActionDataSample  # noqa: E402
-from mmmultigrid.collate import StackingCollate  # noqa: E402
+from mmmultigrid.data.collate import StackingCollate  # noqa: E402
 
 #: The largest and the base batch of the reference Kinetics plan and of the synthetic plan.
 CASES = ('128x3x8x112x112', '8x3x32x224x224', '128x3x4x32x32', '8x3x16x64x64')

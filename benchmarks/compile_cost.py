@@ -6,7 +6,7 @@ Strategies (``--strategies``):
 - ``train_step``: ``torch.compile(model.train_step)``, what mmengine's ``compile=True`` does on its own,
   with dynamo's defaults (``recompile_limit`` 8, automatic dynamic shapes);
 - ``static``, ``automatic``, ``dynamic``: what ``MultigridHook`` does with ``compile`` in the config
-  (the backbone, ``compile.dynamic`` False / None / True; see ``mmmultigrid/compile.py``).
+  (the backbone, ``compile.dynamic`` False / None / True; see ``mmmultigrid/models/compile.py``).
 
 For each strategy a fresh model (same seed, batch norm in groups as the hook makes it) runs one training
 iteration per grid shape in order of first use (``model.train_step`` as mmengine's loop calls it: data
@@ -40,10 +40,10 @@ from mmaction.structures import ActionDataSample
 from mmengine.optim import OptimWrapper
 from torch._dynamo.utils import counters
 
-from mmmultigrid.batchnorm import use_grouped_batchnorm
-from mmmultigrid.compile import compile_backbone
+from mmmultigrid.models.batchnorm import use_grouped_batchnorm
+from mmmultigrid.models.compile import compile_backbone
 from mmmultigrid.plan import GridShape, MultigridOptions
-from mmmultigrid.step_time import sync
+from mmmultigrid.engine.step_time import sync
 from shape_cost import MODEL_CONFIGS, WORLD_SIZE, build_model, machine_info, plan_shapes, scale_shape
 
 #: name: (model config, multigrid config, world size of the plan)

@@ -13,12 +13,12 @@ shape (same workers; 1 is the ideal, as for the model). Batches are collated as 
 times each transform of one sample per shape, to show where the time goes.
 
 ``--format rawframes`` measures the same clips as rawframes: the frames are extracted once (with the
-smaller copies the plan's grid shapes need, ``mmmultigrid.rawframes``) into ``--frames-dir``, and the
+smaller copies the plan's grid shapes need, ``mmmultigrid.data.rawframes``) into ``--frames-dir``, and the
 pipeline reads them with ``ScaledRawFrameDecode`` in place of ``DecordInit`` + ``DecordDecode``.
 
 Two setups:
 
-* default: the synthetic dataset (made with ``mmmultigrid.synthetic_videos.make_dataset`` under
+* default: the synthetic dataset (made with ``mmmultigrid.data.synthetic_videos.make_dataset`` under
   ``--data-root``), the train pipeline of ``configs/synthetic_r3d_baseline.py`` and the plan that
   ``plan_from_config`` makes from ``configs/synthetic_r3d_multigrid.py`` (1 process);
 * ``--videos DIR``: every clip in DIR at its real resolution (annotation written to a temporary
@@ -55,13 +55,13 @@ import mmmultigrid  # noqa: F401  (registers the components, repairs the stack)
 from mmaction.datasets import RawframeDataset, VideoDataset
 from mmaction.registry import TRANSFORMS
 from mmmultigrid.baseline import plan_from_config
-from mmmultigrid.collate import StackingCollate
+from mmmultigrid.data.collate import StackingCollate
 from mmmultigrid.lr_curve import parse_lr_schedulers
-from mmmultigrid.pipeline import ShapeVaryingPipeline, transform_name
+from mmmultigrid.data.pipeline import ShapeVaryingPipeline, transform_name
 from mmmultigrid.plan import BaseShape, GridShape, MultigridOptions, MultigridPlan, Segment, build_plan
-from mmmultigrid.rawframes import copies_for_plan, extract_dataset
-from mmmultigrid.sampler import GridIndex, MultigridSampler
-from mmmultigrid.synthetic_videos import make_dataset
+from mmmultigrid.data.rawframes import copies_for_plan, extract_dataset
+from mmmultigrid.data.sampler import GridIndex, MultigridSampler
+from mmmultigrid.data.synthetic_videos import make_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 VIDEO_SUFFIXES = ('.mp4', '.avi', '.mkv', '.webm', '.mov')

@@ -1,7 +1,7 @@
 """MultigridHook's CUDA preflight memory check, for real, on the R50 I3D and SlowFast 8x8 plans.
 
 For each model (the configs of ``shape_cost.py``, random weights, plan at world size 8) batch norm is
-switched to groups as the hook does, then :func:`mmmultigrid.preflight.check_memory` runs at full size:
+switched to groups as the hook does, then :func:`mmmultigrid.engine.preflight.check_memory` runs at full size:
 one forward/backward at the largest-batch and at the largest-volume grid shape, under the training's
 autocast with ``--amp``, each logging its peak memory. Then the check runs with every per-GPU batch 2, 4,
 8, ... times larger until it stops, which must be a ``PreflightError`` saying the shape runs out of GPU
@@ -29,8 +29,8 @@ from mmengine.config import Config
 from mmengine.logging import MMLogger
 
 from mmmultigrid.baseline import plan_from_config
-from mmmultigrid.batchnorm import use_grouped_batchnorm
-from mmmultigrid.preflight import PreflightError, check_memory
+from mmmultigrid.models.batchnorm import use_grouped_batchnorm
+from mmmultigrid.engine.preflight import PreflightError, check_memory
 from shape_cost import MODEL_CONFIGS, REPO, WORLD_SIZE, build_model, machine_info
 
 

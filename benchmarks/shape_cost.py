@@ -39,7 +39,7 @@ from mmengine.optim import OptimWrapper
 from mmaction.utils import register_all_modules
 from mmmultigrid.baseline import plan_from_config
 from mmmultigrid.plan import GridShape
-from mmmultigrid.step_time import build_trainable, time_train_steps
+from mmmultigrid.engine.step_time import build_trainable, time_train_steps
 
 REPO = Path(__file__).resolve().parents[1]
 WORLD_SIZE = 8

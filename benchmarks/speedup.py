@@ -30,9 +30,9 @@ import mmmultigrid  # noqa: E402,F401  (repairs the OpenMMLab stack before mmeng
 from mmengine.config import Config  # noqa: E402
 
 from mmmultigrid.baseline import plan_from_config  # noqa: E402
-from mmmultigrid.rawframes import copies_for_config, extract_dataset  # noqa: E402
+from mmmultigrid.data.rawframes import copies_for_config, extract_dataset  # noqa: E402
 from mmmultigrid.report import format_plan  # noqa: E402
-from mmmultigrid.synthetic_videos import make_dataset  # noqa: E402
+from mmmultigrid.data.synthetic_videos import make_dataset  # noqa: E402
 
 CONFIGS = {'baseline': REPO / 'configs' / 'synthetic_r3d_baseline.py',
            'multigrid': REPO / 'configs' / 'synthetic_r3d_multigrid.py'}

@@ -4,16 +4,16 @@ For each config under ``mmaction/.mim/configs/recognition/`` the README's four l
 config file of ``_base_ = [CONFIG]`` plus those lines, read as the user's would be), then:
 
 1. the start-up checks that need no model: the plan (``plan_from_config``, ``--gpus`` GPUs), the
-   batch-norm groups and the crops of the train pipeline (``mmmultigrid.preflight``);
+   batch-norm groups and the crops of the train pipeline (``mmmultigrid.engine.preflight``);
 2. the model check, in a subprocess with a time limit: the config's model built on the CPU without
    pretrained weights (``pretrained``/``pretrained2d``/``clip_pretrained`` off, ``init_weights`` not
-   called), adapted as ``MultigridHook`` adapts it (grouped batch norm, :mod:`mmmultigrid.embeddings`),
+   called), adapted as ``MultigridHook`` adapts it (grouped batch norm, :mod:`mmmultigrid.models.embeddings`),
    the model checks of preflight (SlowFast strides, embeddings), then at every distinct (T, S) of the
    plan, cheapest first, one training step's forward (``mode='loss'``, random clips and labels) and
    backward on a batch of ``--batch`` clips. The base shape is skipped unless ``--base-shape``: it is
-   the config's own training shape, where the adapted model is the plain one (tests/test_embeddings.py)
+   the config's own training shape, where the adapted model is the plain one (tests/models/test_embeddings.py)
    and by far the dearest step on a CPU. A shape whose forward fails is explained as preflight would
-   (:func:`mmmultigrid.shape_failure.explain_failure`).
+   (:func:`mmmultigrid.models.shape_failure.explain_failure`).
 
 Statuses: ``trains`` (every step ran), ``refused`` (a start-up error that names its cause),
 ``not applicable`` (a test-only config: no training to change), ``crash`` (any other error, including a
@@ -57,13 +57,13 @@ from mmengine.config import Config  # noqa: E402
 from mmengine.registry import init_default_scope  # noqa: E402
 
 from mmmultigrid.baseline import base_variable_hint, plan_from_config, train_transforms  # noqa: E402
-from mmmultigrid.batchnorm import use_grouped_batchnorm  # noqa: E402
-from mmmultigrid.embeddings import adapt_embeddings, embedding_problems  # noqa: E402
-from mmmultigrid.pipeline import ShapeVaryingPipeline  # noqa: E402
+from mmmultigrid.models.batchnorm import use_grouped_batchnorm  # noqa: E402
+from mmmultigrid.models.embeddings import adapt_embeddings, embedding_problems  # noqa: E402
+from mmmultigrid.data.pipeline import ShapeVaryingPipeline  # noqa: E402
 from mmmultigrid.plan import MultigridPlan  # noqa: E402
-from mmmultigrid.preflight import check_crops, check_temporal_strides  # noqa: E402
-from mmmultigrid.segments import clip_batch  # noqa: E402
-from mmmultigrid.shape_failure import explain_failure, run_clip  # noqa: E402
+from mmmultigrid.engine.preflight import check_crops, check_temporal_strides  # noqa: E402
+from mmmultigrid.models.segments import clip_batch  # noqa: E402
+from mmmultigrid.models.shape_failure import explain_failure, run_clip  # noqa: E402
 
 CONFIG_ROOT = Path(mmaction.__file__).parent / '.mim' / 'configs' / 'recognition'
 STATUSES = ('trains', 'refused', 'not applicable', 'crash', 'timeout')

@@ -1,5 +1,5 @@
 # Slim ResNet3d-18 Recognizer3D for the synthetic moving-shapes dataset, sized for a few CPU cores.
-# Make the data with `python -m mmmultigrid.synthetic_videos data/synthetic` (8 classes by default).
+# Make the data with `python -m mmmultigrid.data.synthetic_videos data/synthetic` (8 classes by default).
 # Every number is a top-level variable so that derived configs (and --cfg-options) can override it.
 custom_imports = dict(imports=['mmmultigrid'], allow_failed_imports=False)
 default_scope = 'mmaction'

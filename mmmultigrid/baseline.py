@@ -12,10 +12,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
-from .lr_curve import parse_lr_schedulers
-from .pipeline import describe_pipeline, transform_name
-from .plan import BaseShape, MultigridOptions, MultigridPlan, build_plan
-from .segments import temporal_options
+from mmmultigrid.lr_curve import parse_lr_schedulers
+from mmmultigrid.data.pipeline import describe_pipeline, transform_name
+from mmmultigrid.plan import BaseShape, MultigridOptions, MultigridPlan, build_plan
+from mmmultigrid.models.segments import temporal_options
 
 OPTION_NAMES = tuple(f.name for f in dataclasses.fields(MultigridOptions))
 #: ``MultigridHook`` arguments that are not plan options, then the keys mmengine reads from the entry.

@@ -15,7 +15,7 @@ import math
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Iterator, Sequence
 
-from .lr_curve import STEP_SCHEDULERS, WARMUP_SCHEDULERS, LRCurve, step_milestones
+from mmmultigrid.lr_curve import STEP_SCHEDULERS, WARMUP_SCHEDULERS, LRCurve, step_milestones
 
 SQRT_HALF = 0.5**0.5
 DEFAULT_LONG_CYCLE_FACTORS = ((0.25, SQRT_HALF), (0.5, SQRT_HALF), (0.5, 1.0), (1.0, 1.0))
@@ -174,7 +174,7 @@ class Segment:
 class MultigridPlan:
     """The whole schedule. Build it with :func:`build_plan`; every component reads it.
 
-    ``notes`` say what the model changed in the plan (:func:`mmmultigrid.segments.temporal_options`).
+    ``notes`` say what the model changed in the plan (:func:`mmmultigrid.models.segments.temporal_options`).
     """
 
     base: BaseShape

@@ -1,7 +1,7 @@
 """The plan as a table a person can read (logged by ``MultigridHook``, printed by ``tools/plan.py``)."""
 from __future__ import annotations
 
-from .plan import MultigridPlan
+from mmmultigrid.plan import MultigridPlan
 
 
 def format_plan(plan: MultigridPlan, samples_per_rank: int | None = None) -> str:

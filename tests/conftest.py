@@ -1,10 +1,17 @@
-"""Shared pytest fixtures."""
+"""Shared pytest fixtures. The test folders mirror the package's; their modules import each other's
+helpers by module name, so every folder is on ``sys.path``."""
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-from mmmultigrid.synthetic_videos import SyntheticDataset, make_dataset
+from mmmultigrid.data.synthetic_videos import SyntheticDataset, make_dataset
+
+for folder in sorted(p for p in Path(__file__).resolve().parent.rglob('*') if p.is_dir()
+                     and not p.name.startswith(('.', '__'))):
+    if str(folder) not in sys.path:
+        sys.path.append(str(folder))
 
 SMALL_DATASET = dict(num_classes=4, train_clips_per_class=6, val_clips_per_class=2,
                      num_frames=32, width=96, height=72, seed=0)

@@ -12,7 +12,7 @@ from typing import Any
 from mmengine.config import Config
 
 from mmmultigrid import stack_fixes
-from mmmultigrid.synthetic_videos import SyntheticDataset
+from mmmultigrid.data.synthetic_videos import SyntheticDataset
 
 REPO = Path(__file__).resolve().parents[1]
 TIMEOUT_S = 600

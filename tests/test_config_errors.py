@@ -3,9 +3,9 @@
 Unit checks for every component that reads the config, and end-to-end runs of tools/train.py showing
 that a missing half of the multigrid set-up ends training at once with the fix in the last line.
 Covered elsewhere: LR schedulers the plan cannot follow (tests/test_lr_curve.py), bad batch sizes and
-InfiniteSampler (tests/test_sampler.py), pipelines without SampleFrames or a final crop given to
-ShapeVaryingPipeline (tests/test_pipeline.py), a resumed checkpoint with another plan
-(tests/test_hook.py).
+InfiniteSampler (tests/data/test_sampler.py), pipelines without SampleFrames or a final crop given to
+ShapeVaryingPipeline (tests/data/test_pipeline.py), a resumed checkpoint with another plan
+(tests/engine/hooks/test_multigrid_hook.py).
 """
 from __future__ import annotations
 
@@ -23,12 +23,12 @@ from torch.utils.data import SequentialSampler
 
 import mmmultigrid  # noqa: F401  (registers the components, repairs the stack)
 from mmmultigrid.baseline import HOOK_ARGS, OPTION_NAMES, plan_from_config
-from mmmultigrid.hook import MultigridHook, check_pipeline, find_sampler
+from mmmultigrid.engine.hooks.multigrid_hook import MultigridHook, check_pipeline, find_sampler
 from mmmultigrid.lr_curve import parse_lr_schedulers
-from mmmultigrid.pipeline import ShapeVaryingPipeline, describe_pipeline
+from mmmultigrid.data.pipeline import ShapeVaryingPipeline, describe_pipeline
 from mmmultigrid.plan import BaseShape, MultigridOptions, build_plan
-from mmmultigrid.sampler import MultigridSampler
-from mmmultigrid.synthetic_videos import SyntheticDataset
+from mmmultigrid.data.sampler import MultigridSampler
+from mmmultigrid.data.synthetic_videos import SyntheticDataset
 from runs import train, write_tiny_multigrid_config
 
 PIPELINE = [

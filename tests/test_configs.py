@@ -12,9 +12,9 @@ import pytest
 from mmengine.config import Config
 
 from mmmultigrid.baseline import plan_from_config
-from mmmultigrid.synthetic_videos import SyntheticDataset
+from mmmultigrid.data.synthetic_videos import SyntheticDataset
 from runs import REPO, train
-from test_hook import iterations, read_trace
+from test_multigrid_hook import iterations, read_trace
 
 CONFIGS = sorted(p.name for p in (REPO / 'configs').glob('*kinetics400-rgb_multigrid.py'))
 SMALL_SIZES = {'Resize': ('scale', {(-1, 256): (-1, 72), (224, 224): (64, 64)}),

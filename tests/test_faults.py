@@ -1,7 +1,7 @@
 """Faults in 2-process (gloo) training: SIGKILL of the whole job mid-shape, then ``--resume``; and a
 checkpoint from the middle of multigrid training used by the plain baseline model and tools/test.py.
 
-The single-process SIGKILL + resume and final-checkpoint tests are in tests/test_hook.py.
+The single-process SIGKILL + resume and final-checkpoint tests are in tests/engine/hooks/test_multigrid_hook.py.
 """
 from __future__ import annotations
 
@@ -17,9 +17,9 @@ import torch
 from mmengine.config import Config
 
 from mmmultigrid.baseline import plan_from_config
-from mmmultigrid.synthetic_videos import SyntheticDataset
+from mmmultigrid.data.synthetic_videos import SyntheticDataset
 from runs import REPO, clean_env, free_port, run, write_tiny_multigrid_config
-from test_hook import LR, assert_ranks_agree, iterations, rank_traces, read_trace
+from test_multigrid_hook import LR, assert_ranks_agree, iterations, rank_traces, read_trace
 
 # 5 baseline epochs, milestones [3, 4]: 8 multigrid epochs; epochs 2-3 share one long-cycle shape.
 MAX_EPOCHS, MILESTONES = 5, (3, 4)

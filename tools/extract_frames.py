@@ -14,7 +14,7 @@ if importlib.util.find_spec('mmmultigrid') is None:  # a checkout without `pip i
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import mmmultigrid  # noqa: E402,F401  (stack fixes before mmengine configs load)
-from mmmultigrid.rawframes import main  # noqa: E402
+from mmmultigrid.data.rawframes import main  # noqa: E402
 
 if __name__ == '__main__':
     main()

@@ -11,7 +11,7 @@ Examples::
 
 Unless ``--no-feature-maps``, the model is built from the config (no weights are loaded) and run on the
 CPU at every grid shape: a shape at which a clip's output depends on the other clips of its batch is an
-error (``mmmultigrid/batch_mixing.py``), and the backbone's feature map is reported; feature maps too
+error (``mmmultigrid/models/batch_mixing.py``), and the backbone's feature map is reported; feature maps too
 small to learn from are warned about on stderr (``warning: ...``). With ``--loader-check N``, N clips
 of the config's train dataset are loaded at every grid shape (the data must be there) to report the
 loader's work per iteration against the base shape's, with a warning for each shape where it will not
@@ -42,16 +42,16 @@ from mmengine.logging import MMLogger  # noqa: E402
 from mmengine.registry import init_default_scope  # noqa: E402
 
 from mmmultigrid.baseline import base_variable_hint, grouped_bn_enabled, plan_from_config  # noqa: E402
-from mmmultigrid.batch_mixing import find_batch_mixing  # noqa: E402
-from mmmultigrid.batchnorm import use_grouped_batchnorm  # noqa: E402
-from mmmultigrid.embeddings import adapt_embeddings  # noqa: E402
-from mmmultigrid.feature_map import (FeatureMap, feature_map_warnings,  # noqa: E402
+from mmmultigrid.models.batch_mixing import find_batch_mixing  # noqa: E402
+from mmmultigrid.models.batchnorm import use_grouped_batchnorm  # noqa: E402
+from mmmultigrid.models.embeddings import adapt_embeddings  # noqa: E402
+from mmmultigrid.models.feature_map import (FeatureMap, feature_map_warnings,  # noqa: E402
                                      format_feature_maps, measure_feature_maps)
-from mmmultigrid.loader_check import (format_loader_costs, loader_cost_warnings,  # noqa: E402
+from mmmultigrid.data.loader_check import (format_loader_costs, loader_cost_warnings,  # noqa: E402
                                       measure_loader_costs)
 from mmmultigrid.plan import GridShape, MultigridPlan  # noqa: E402
 from mmmultigrid.report import format_plan  # noqa: E402
-from mmmultigrid.step_time import (StepTimes, build_trainable, format_step_times,  # noqa: E402
+from mmmultigrid.engine.step_time import (StepTimes, build_trainable, format_step_times,  # noqa: E402
                                    measure_plan, predicted_seconds)
 
 

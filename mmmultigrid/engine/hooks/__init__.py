@@ -1,0 +1,1 @@
+"""mmengine hooks of mmmultigrid."""
