@@ -21,6 +21,8 @@ from mmmultigrid.models.segments import clip_batch, is_2d
 #: Largest difference between a clip's output in a batch of 2 and alone, relative to the largest
 #: output, taken as the same output (float32 reductions over different batch sizes differ by ~1e-6).
 TOLERANCE = 1e-4
+#: Factors the random clips are scaled by, in turn, until the model's outputs are finite.
+INPUT_SCALES = (1.0, 1e-3, 1e-6)
 #: Errors a forward raises on a shape it cannot take.
 FORWARD_ERRORS = (RuntimeError, ValueError, AssertionError, IndexError)
 
@@ -46,20 +48,34 @@ def segment_counts(model: torch.nn.Module) -> dict[str, int]:
 
 def mixing_problem(model: torch.nn.Module, clip_len: int, crop_size: int,
                    generator: torch.Generator) -> str | None:
-    """Why a clip of (T, S) depends on the other clip of a batch of 2, or None when it does not."""
+    """Why a clip of (T, S) depends on the other clip of a batch of 2, or None when it does not.
+
+    A deep model in eval mode at its initial weights can overflow (its batch norms hold the initial
+    statistics); the clips are then scaled down by :data:`INPUT_SCALES` until every output is finite,
+    since a network of ReLUs and normalisations scales its activations with its input. A model whose
+    outputs stay non-finite at every scale cannot be compared, and passes.
+    """
     a, b = (clip_batch(model, 1, clip_len, crop_size, generator) for _ in range(2))
-    try:
-        pair = clip_outputs(model, torch.cat([a, b]))
-    except FORWARD_ERRORS as error:
-        return f'the model cannot run a batch of 2 clips of this shape ({type(error).__name__}: {error})'
-    if pair.shape[0] != 2:
-        return (f'a batch of 2 clips gives {pair.shape[0]} outputs: the model regroups the frames of '
-                'the batch into clips of another length')
-    try:
-        alone = torch.cat([clip_outputs(model, a), clip_outputs(model, b)])
-    except FORWARD_ERRORS as error:
-        return ('a clip alone fails but a batch of 2 runs, so the model groups frames across clips '
-                f'({type(error).__name__}: {error})')
+    for input_scale in INPUT_SCALES:
+        try:
+            pair = clip_outputs(model, input_scale * torch.cat([a, b]))
+        except FORWARD_ERRORS as error:
+            return (f'the model cannot run a batch of 2 clips of this shape ({type(error).__name__}: '
+                    f'{error})')
+        if pair.shape[0] != 2:
+            return (f'a batch of 2 clips gives {pair.shape[0]} outputs: the model regroups the frames '
+                    'of the batch into clips of another length')
+        try:
+            alone = torch.cat([clip_outputs(model, input_scale * a), clip_outputs(model, input_scale * b)])
+        except FORWARD_ERRORS as error:
+            return ('a clip alone fails but a batch of 2 runs, so the model groups frames across clips '
+                    f'({type(error).__name__}: {error})')
+        if pair.isfinite().all() and alone.isfinite().all():
+            return _difference_problem(pair, alone)
+    return None
+
+
+def _difference_problem(pair: torch.Tensor, alone: torch.Tensor) -> str | None:
     scale = alone.abs().max().clamp_min(torch.finfo(torch.float32).tiny)
     difference = float((pair - alone).abs().max() / scale)
     if not difference <= TOLERANCE:

@@ -52,6 +52,7 @@ def test_amp_is_cuda_only_and_trains_under_autocast(shape_cost: ModuleType, cpu_
     import torch
     from mmengine.optim import AmpOptimWrapper
 
+    from mmmultigrid.engine.step_time import random_batch, train_step
     from mmmultigrid.plan import GridShape
 
     with pytest.raises(SystemExit):
@@ -62,7 +63,5 @@ def test_amp_is_cuda_only_and_trains_under_autocast(shape_cost: ModuleType, cpu_
     assert isinstance(optim_wrapper, AmpOptimWrapper)
     dtypes = []
     model.backbone.conv1.conv.register_forward_hook(lambda m, i, out: dtypes.append(out.dtype))
-    seconds, peak = shape_cost.train_step(model, optim_wrapper,
-                                          shape_cost.make_batch(GridShape(2, 8, 32), num_classes, device),
-                                          device)
+    seconds, peak = train_step(model, optim_wrapper, random_batch(model, GridShape(2, 8, 32), num_classes))
     assert seconds > 0 and peak is None and dtypes == [torch.bfloat16]
