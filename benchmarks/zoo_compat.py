@@ -16,8 +16,10 @@ config file of ``_base_ = [CONFIG]`` plus those lines, read as the user's would 
    (:func:`mmmultigrid.models.shape_failure.explain_failure`).
 
 Statuses: ``trains`` (every step ran), ``refused`` (a start-up error that names its cause),
-``not applicable`` (a test-only config: no training to change), ``crash`` (any other error, including a
-shape that preflight lets through and training cannot run), ``timeout`` (the model check did not end
+``not applicable`` (a test-only config: no training to change), ``needs a package`` (the model is
+built from an optional package this machine lacks: torchvision, timm, mmpretrain, mmcls, or mmcv's
+compiled ops), ``crash`` (any other error, including a shape that preflight lets through and training
+cannot run), ``timeout`` (the model check did not end
 within ``--timeout`` seconds; the shapes that ran are listed). A batch of 1 clip cannot train batch
 norm where a feature map is 1 x 1 x 1 (PyTorch needs more than one value per channel): ``--batch 2``
 there. Configs whose model and grid shapes are the same (they differ in data,
@@ -35,6 +37,7 @@ import datetime
 import json
 import os
 import platform
+import signal
 import subprocess
 import sys
 import tempfile
@@ -57,6 +60,7 @@ from mmengine.config import Config  # noqa: E402
 from mmengine.registry import init_default_scope  # noqa: E402
 
 from mmmultigrid.baseline import base_variable_hint, plan_from_config, train_transforms  # noqa: E402
+from mmmultigrid.models.batch_mixing import find_batch_mixing  # noqa: E402
 from mmmultigrid.models.batchnorm import use_grouped_batchnorm  # noqa: E402
 from mmmultigrid.models.embeddings import adapt_embeddings, embedding_problems  # noqa: E402
 from mmmultigrid.data.pipeline import ShapeVaryingPipeline  # noqa: E402
@@ -66,7 +70,7 @@ from mmmultigrid.models.segments import clip_batch  # noqa: E402
 from mmmultigrid.models.shape_failure import explain_failure, run_clip  # noqa: E402
 
 CONFIG_ROOT = Path(mmaction.__file__).parent / '.mim' / 'configs' / 'recognition'
-STATUSES = ('trains', 'refused', 'not applicable', 'crash', 'timeout')
+STATUSES = ('trains', 'refused', 'not applicable', 'needs a package', 'crash', 'timeout')
 FOUR_LINES = '''_base_ = [{base!r}]
 
 custom_imports = dict(imports=['mmmultigrid'], allow_failed_imports=False)
@@ -87,6 +91,24 @@ class Refused(Exception):
 
 class NotApplicable(Exception):
     """A config with nothing to train (the status ``not applicable``)."""
+
+
+class Unavailable(Exception):
+    """A model that needs an optional package this machine lacks (the status ``needs a package``)."""
+
+
+def missing_package(error: Exception) -> str | None:
+    """What an error of building a model says is missing, when it is an optional package: mmaction2
+    raises ``ImportError('Please install X ...')`` for a backbone of another library, and does not
+    register a model whose package failed to import (``KeyError: 'X is not in the ... registry'``)."""
+    text = str(error).strip("'\"")
+    if isinstance(error, ImportError):
+        return f'{type(error).__name__}: {text}'
+    if isinstance(error, KeyError) and 'is not in the' in text and 'registry' in text:
+        name = text.split(' is not in the')[0]
+        return (f'{name} is not registered: mmaction2 registers it only where its optional package '
+                f'imports (KeyError: {text.split(". Please")[0]})')
+    return None
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -164,14 +186,14 @@ def multigrid_config(path: Path, folder: Path) -> Config:
 
 def without_pretrained(cfg: Any) -> Any:
     """A copy of a model config with every weight download off (:data:`NO_PRETRAINED`; an init_cfg
-    of type ``Pretrained`` removed)."""
+    of type ``Pretrained`` removed, so the module's default applies)."""
     if isinstance(cfg, dict):
         out = {}
         for key, value in cfg.items():
             if key in NO_PRETRAINED and value:
                 value = False if isinstance(value, bool) else None
             elif key == 'init_cfg' and 'Pretrained' in repr(value):
-                value = None
+                continue  # the module's own default (MViT copies it: None is no default there)
             out[key] = without_pretrained(value)
         return out
     if isinstance(cfg, (list, tuple)):
@@ -222,7 +244,13 @@ def model_check(path: Path, gpus: int, batch: int, base_shape: bool = False,
         cfg = multigrid_config(path, Path(folder))
     plan = make_plan(cfg, gpus)
     init_default_scope(cfg.get('default_scope', 'mmaction'))
-    model = MODELS.build(without_pretrained(cfg.model.to_dict()))
+    try:
+        model = MODELS.build(without_pretrained(cfg.model.to_dict()))
+    except (ImportError, KeyError) as exc:
+        missing = missing_package(exc)
+        if missing is None:
+            raise
+        raise Unavailable(missing) from None
     use_grouped_batchnorm(model, plan.options.bn_base_size)
     adapted = adapt_embeddings(model)
     try:
@@ -232,6 +260,9 @@ def model_check(path: Path, gpus: int, batch: int, base_shape: bool = False,
         raise Refused(f'{type(exc).__name__}: {exc}') from None
     if problems:
         raise Refused(problems[0])
+    mixing = find_batch_mixing(model, plan)  # as preflight checks it at start-up
+    if mixing is not None:
+        raise Refused(f'preflight: {mixing}')
     base = (plan.base.clip_len, plan.base.crop_size)
     shapes = sorted({(s.clip_len, s.crop_size) for s in plan.shape_segments()} - (
         set() if base_shape else {base}), key=lambda k: k[0] * k[1] ** 2)
@@ -281,6 +312,8 @@ def check_one(path: Path, gpus: int, batch: int, base_shape: bool = False,
         return dict(status='not applicable', reason=str(exc))
     except Refused as exc:
         return dict(status='refused', reason=one_line(str(exc)))
+    except Unavailable as exc:
+        return dict(status='needs a package', reason=one_line(str(exc)))
     except Exception as exc:  # noqa: BLE001 (any other error is the finding)
         return dict(status='crash', reason=one_line(f'{type(exc).__name__}: {exc}'),
                     traceback=traceback.format_exc(limit=-6))
@@ -306,6 +339,11 @@ def run_in_subprocess(path: Path, args: argparse.Namespace) -> dict[str, Any]:
                     f'(CPU, 1 thread, batch {args.batch}); the grid shapes (T x S) whose training step '
                     f'ran: {ran}', steps=steps, seconds=round(time.perf_counter() - start))
     lines = done.stdout.strip().splitlines()
+    if done.returncode < 0:
+        name = signal.Signals(-done.returncode).name
+        return dict(status='crash', reason=f'the check process was killed by {name}' + (
+            ' (the kernel kills the largest process when memory runs out: --jobs 1 leaves it all the '
+            'memory)' if name == 'SIGKILL' else ''), seconds=round(time.perf_counter() - start))
     if done.returncode or not lines:
         return dict(status='crash', reason=one_line(f'the check process ended with status '
                                                     f'{done.returncode}: {done.stderr[-500:]}'))

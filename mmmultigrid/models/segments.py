@@ -138,15 +138,18 @@ def clip_batch(model: torch.nn.Module, clips: int, clip_len: int, crop_size: int
     """``clips`` clips of ``clip_len`` frames (segments) x ``crop_size``^2 in the layout the recognizer
     takes, on its device: zeros, or standard normal values drawn from ``generator``.
 
-    ``Recognizer2D``: (N, T, C, S, S), C the input channels of its first 2D convolution (3 for RGB, 2 x
-    the frames per segment for flow); otherwise (N, 1, 3, T, S, S), the layout of ``Recognizer3D``.
+    ``Recognizer2D``: (N, T, C, S, S); otherwise (N, 1, C, T, S, S), the layout of ``Recognizer3D``; C
+    the input channels of the model's first 2D (3D) convolution: 3 for RGB, 2 for optical flow (2 x the
+    frames per segment for a 2D flow model).
     """
     param = next(model.parameters())
+    conv_type = torch.nn.Conv2d if is_2d(model) else torch.nn.Conv3d
+    conv = next((m for m in model.modules() if isinstance(m, conv_type)), None)
+    channels = conv.in_channels if conv is not None else 3
     if is_2d(model):
-        conv = next((m for m in model.modules() if isinstance(m, torch.nn.Conv2d)), None)
-        shape = (clips, clip_len, conv.in_channels if conv is not None else 3, crop_size, crop_size)
+        shape = (clips, clip_len, channels, crop_size, crop_size)
     else:
-        shape = (clips, 1, 3, clip_len, crop_size, crop_size)
+        shape = (clips, 1, channels, clip_len, crop_size, crop_size)
     if generator is None:
         return torch.zeros(shape, device=param.device, dtype=param.dtype)
     return torch.randn(shape, generator=generator).to(param)
