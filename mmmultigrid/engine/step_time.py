@@ -173,7 +173,7 @@ def format_step_times(plan: MultigridPlan, times: StepTimes, samples: int | None
     per_clip_base = times.seconds[base] / base.batch_size
     iterations = plan.shape_iterations(samples) if samples is not None else {}
     total = predicted_seconds(plan, times, samples)[1] if samples is not None else None
-    head = f"{'B x T x S':<14} {'s/iter':>8} {'cost/clip vs base':>17}"
+    head = f"{'B x T x S':<20} {'s/iter':>8} {'cost/clip vs base':>17}"
     lines = [f'Measured step time on {times.device} (median of {times.steps} forward + backward + '
              'optimizer steps per shape, random inputs):',
              head + (f" {'iterations':>10} {'time share':>10}" if samples is not None else '')]
@@ -181,7 +181,7 @@ def format_step_times(plan: MultigridPlan, times: StepTimes, samples: int | None
         name = f'{shape.batch_size} x {shape.clip_len} x {shape.crop_size}'
         if shape == base:
             name += ' (base)'
-        row = f'{name:<14} {seconds:>8.3f} {seconds / shape.batch_size / per_clip_base:>16.2f}x'
+        row = f'{name:<20} {seconds:>8.3f} {seconds / shape.batch_size / per_clip_base:>16.2f}x'
         if samples is not None:
             n = iterations.get(shape, 0)
             row += f' {n:>10d} {100 * n * seconds / total:>9.1f}%' if n else f" {'baseline':>10}"
