@@ -78,14 +78,28 @@ def test_run_shares_model_checks_and_writes_the_table(zoo: ModuleType, tmp_path:
     assert 'test-only config' in entries['test_only.py']['reason']
     assert result['summary'] == {tmp_path.name: {'trains': 2, 'not applicable': 1}}
     table = markdown.read_text()
-    assert f'| {tmp_path.name} | 3 | 2 |  | 1 |  |  | not applicable: test-only config' in table
+    assert f'| {tmp_path.name} | 3 | 2 |  | 1 |  |  |  | not applicable: test-only config' in table
 
 
-def test_a_model_error_is_a_crash_with_its_message(zoo: ModuleType, tmp_path: Path) -> None:
+def test_a_model_error_is_refused_at_start_up_with_its_message(zoo: ModuleType,
+                                                               tmp_path: Path) -> None:
+    """The head takes 33 channels, the backbone gives 32: preflight's batch-mixing check, which runs
+    the whole model, refuses it at start-up naming the error."""
     model = "dict(backbone=dict(base_channels=4), cls_head=dict(num_classes=4, in_channels=33))"
     result = zoo.check_one(training_config(tmp_path / 'bad_head.py', model), gpus=8, batch=2)
-    assert result['status'] == 'crash'  # the backbone runs every shape, the head takes 33 channels
+    assert result['status'] == 'refused'
+    assert result['reason'].startswith('preflight: grid shape (batch ')
     assert 'mat1 and mat2 shapes cannot be multiplied' in result['reason']
+
+
+def test_a_model_of_a_missing_package_needs_it(zoo: ModuleType) -> None:
+    assert zoo.missing_package(ImportError('Please install timm>=0.9.0 to use this backbone.')) == (
+        'ImportError: Please install timm>=0.9.0 to use this backbone.')
+    registry = KeyError('MobileOneTSM is not in the mmaction::model registry. Please check whether '
+                        'the value of `MobileOneTSM` is correct')
+    assert zoo.missing_package(registry).startswith('MobileOneTSM is not registered: mmaction2 '
+                                                    'registers it only where its optional package')
+    assert zoo.missing_package(KeyError('train_pipeline')) is None
 
 
 def test_a_check_past_its_time_limit_is_a_timeout(zoo: ModuleType, tmp_path: Path) -> None:
