@@ -314,6 +314,8 @@ def check_one(path: Path, gpus: int, batch: int, base_shape: bool = False,
         return dict(status='refused', reason=one_line(str(exc)))
     except Unavailable as exc:
         return dict(status='needs a package', reason=one_line(str(exc)))
+    except ImportError as exc:  # an optional package or compiled op imported when the model runs (TIN)
+        return dict(status='needs a package', reason=one_line(missing_package(exc)))
     except Exception as exc:  # noqa: BLE001 (any other error is the finding)
         return dict(status='crash', reason=one_line(f'{type(exc).__name__}: {exc}'),
                     traceback=traceback.format_exc(limit=-6))
