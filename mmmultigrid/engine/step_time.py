@@ -172,7 +172,7 @@ def format_step_times(plan: MultigridPlan, times: StepTimes, samples: int | None
     base = base_grid_shape(plan)
     per_clip_base = times.seconds[base] / base.batch_size
     iterations = plan.shape_iterations(samples) if samples is not None else {}
-    total = predicted_seconds(plan, times, samples)[1] if samples is not None else None
+    baseline_s, multigrid_s = predicted_seconds(plan, times, samples) if samples is not None else (0, 0)
     head = f"{'B x T x S':<20} {'s/iter':>8} {'cost/clip vs base':>17}"
     lines = [f'Measured step time on {times.device} (median of {times.steps} forward + backward + '
              'optimizer steps per shape, random inputs):',
@@ -184,10 +184,9 @@ def format_step_times(plan: MultigridPlan, times: StepTimes, samples: int | None
         row = f'{name:<20} {seconds:>8.3f} {seconds / shape.batch_size / per_clip_base:>16.2f}x'
         if samples is not None:
             n = iterations.get(shape, 0)
-            row += f' {n:>10d} {100 * n * seconds / total:>9.1f}%' if n else f" {'baseline':>10}"
+            row += f' {n:>10d} {100 * n * seconds / multigrid_s:>9.1f}%' if n else f" {'baseline':>10}"
         lines.append(row)
     if samples is not None:
-        baseline_s, multigrid_s = predicted_seconds(plan, times, samples)
         baseline_iters, multigrid_iters = plan.rank_iterations(samples)
         lines.append(f'Predicted training time per GPU: baseline {baseline_s:.0f} s, multigrid '
                      f'{multigrid_s:.0f} s: {baseline_s / multigrid_s:.2f}x faster in wall-clock '
