@@ -1,11 +1,12 @@
 """Budget sweep: time to accuracy of the baseline and of multigrid over several schedule lengths.
 
 Each length factor L scales the preset's epochs, LR milestones and warmup by L; the runs of a length
-(the baseline and every multigrid variant) train one after the other through ``tools/train.py``
-(``speedup.train``), on the same data and seed. ``--extra-seeds`` repeats the runs of the
-``--seed-lengths`` (default: the two longest) with other training seeds. A multigrid variant is multigrid
-with ``--hook-option`` arguments of ``MultigridHook`` (e.g. another ``long_cycle_factors``); several
-invocations with other variants or lengths can fill one ``--out`` with ``--resume``.
+(the baseline and every multigrid variant) train through ``tools/train.py`` (``speedup.train``) on the
+same data and seed, ``--jobs`` of them at once, in the order of length, seed and method.
+``--extra-seeds`` repeats the runs of the ``--seed-lengths`` (default: the two longest) with other
+training seeds. A multigrid variant is multigrid with ``--hook-option`` arguments of ``MultigridHook``
+(e.g. another ``long_cycle_factors``); several invocations with other variants or lengths can fill one
+``--out`` with ``--resume``.
 
 Time does not depend on the machine's load: ``--calibrate`` times training iterations at every grid
 shape of every variant and at the base shape (:mod:`mmmultigrid.engine.step_time`, the preset's torch threads,
@@ -33,7 +34,10 @@ import os
 import statistics
 import subprocess
 import sys
+import threading
 import time
+from collections import Counter
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Any
 
@@ -78,6 +82,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help='time iterations at every grid shape first (on a quiet machine)')
     parser.add_argument('--calibrate-steps', type=int, default=5,
                         help='timed iterations per shape of --calibrate')
+    parser.add_argument('--jobs', type=int, default=1,
+                        help='runs that train at once (accuracy and modeled time do not depend on it; '
+                        'their wall_clock_s does)')
     parser.add_argument('--dry-run', action='store_true',
                         help='print the runs that would train (after --resume) and stop')
     parser.add_argument('--commit', action='store_true',
@@ -91,6 +98,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f'--lengths must be distinct positive factors, got {args.lengths}')
     if args.validations < 1:
         parser.error(f'--validations must be >= 1, got {args.validations}')
+    if args.jobs < 1:
+        parser.error(f'--jobs must be >= 1, got {args.jobs}')
     if args.calibrate_steps < 1:
         parser.error(f'--calibrate-steps must be >= 1, got {args.calibrate_steps}')
     if not 0 < args.fixed_target <= 1:
@@ -154,6 +163,11 @@ def planned_runs(args: argparse.Namespace, preset: dict[str, Any]) -> list[dict[
 
 def run_key(run: dict[str, Any]) -> tuple[str, float, int]:
     return run['variant'], run['schedule'], run['seed']
+
+
+def run_order(run: dict[str, Any]) -> tuple[float, int, bool, str]:
+    """Runs sorted by length, seed, then the baseline before the multigrid variants."""
+    return run['schedule'], run['seed'], run['method'] != 'baseline', run['variant']
 
 
 def shape_key(shape: GridShape) -> str:
@@ -441,7 +455,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for r in runs:
         add_modeled_time(r, results['calibration'], base_key(preset))
     write(args, results)
-    for i, planned in enumerate(todo):
+    lock = threading.Lock()
+    pending = Counter((p['schedule'], p['seed']) for p in todo)
+
+    def train(planned: dict[str, Any]) -> None:
         method, length, seed = planned['method'], planned['schedule'], planned['seed']
         cfg, epochs = run_config(method, planned['preset'], data, seed, args.validations,
                                  planned['hook_options'])
@@ -451,15 +468,26 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         print(f'training {name} ...', flush=True)
         result = speedup.train(method, cfg, args.work_dir / name, preset['threads'])
         run = dict(method=method, variant=planned['variant'], hook_options=planned['hook_options'],
-                   schedule=length, seed=seed, max_epochs=epochs, **result)
+                   schedule=length, seed=seed, max_epochs=epochs, concurrent_runs=args.jobs, **result)
         add_modeled_time(run, results['calibration'], base_key(preset))
-        runs.append(run)
-        print(f"{name}: top-1 {100 * result['top1']:.1f}% in {result['wall_clock_s']:.0f}s", flush=True)
-        write(args, results)
-        pair_done = i + 1 == len(todo) or (todo[i + 1]['schedule'], todo[i + 1]['seed']) != (length, seed)
-        if args.commit and pair_done:
-            commit([args.out, args.plot], f'budget sweep: {length:g}x seed {seed} '
-                   f"({', '.join(p['variant'] for p in todo if (p['schedule'], p['seed']) == (length, seed))})")
+        with lock:
+            runs.append(run)
+            runs.sort(key=run_order)
+            print(f"{name}: top-1 {100 * result['top1']:.1f}% in {result['wall_clock_s']:.0f}s",
+                  flush=True)
+            write(args, results)
+            pending[length, seed] -= 1
+            if args.commit and not pending[length, seed]:
+                commit([args.out, args.plot], f'budget sweep: {length:g}x seed {seed} ('
+                       + ', '.join(p['variant'] for p in todo
+                                   if (p['schedule'], p['seed']) == (length, seed)) + ')')
+
+    with ThreadPoolExecutor(args.jobs) as pool:
+        done_futures, _ = wait([pool.submit(train, p) for p in todo], return_when=FIRST_EXCEPTION)
+        failed = [f.exception() for f in done_futures if f.exception()]
+        if failed:
+            pool.shutdown(cancel_futures=True)
+            raise failed[0]
     write(args, results)
     print(table(runs, results['time_to_accuracy'], results['targets']))
     print(f'results: {args.out}\nplot:    {args.plot}')

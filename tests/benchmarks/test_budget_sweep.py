@@ -153,20 +153,21 @@ def tiny_sweep(tmp_path: Path, *args: str) -> tuple[subprocess.CompletedProcess,
 
 
 def test_tiny_sweep_calibrates_and_resumes(tmp_path: Path) -> None:
-    """End to end: a calibrated 1x sweep, then --resume with 1x and 2x trains only the 2x pair; every
-    run and validation point has its modeled time; JSON and plot."""
+    """End to end: a calibrated 1x sweep, then --resume with 1x and 2x trains only the 2x pair (both at
+    once: --jobs 2); every run and validation point has its modeled time; JSON and plot."""
     out = tmp_path / 'sweep.json'
     _, first = tiny_sweep(tmp_path, '--lengths', '1', '--validations', '2', '--calibrate',
                           '--calibrate-steps', '1')
     seconds = first['calibration']['seconds']
     assert list(seconds)[0] == '1x8x32' and len(seconds) == 8 and all(v > 0 for v in seconds.values())
     assert first['calibration']['machine']['cpus'] >= 1
-    proc, result = tiny_sweep(tmp_path, '--lengths', '1', '2', '--validations', '2', '--resume')
+    proc, result = tiny_sweep(tmp_path, '--lengths', '1', '2', '--validations', '2', '--resume',
+                              '--jobs', '2')
     assert '2 runs kept' in proc.stdout and 'training baseline_x1' not in proc.stdout
     runs = result['runs']
     assert runs[:2] == first['runs']
-    assert [(r['method'], r['schedule'], r['max_epochs']) for r in runs] == [
-        ('baseline', 1, 2), ('multigrid', 1, 3), ('baseline', 2, 4), ('multigrid', 2, 6)]
+    assert [(r['method'], r['schedule'], r['max_epochs'], r['concurrent_runs']) for r in runs] == [
+        ('baseline', 1, 2, 1), ('multigrid', 1, 3, 1), ('baseline', 2, 4, 2), ('multigrid', 2, 6, 2)]
     for r in runs:
         assert r['validation_curve'][-1]['epoch'] == r['max_epochs']
         assert r['validation_curve'][-1]['top1'] == r['top1']
