@@ -2,7 +2,7 @@
 # The environment for zoo_compat.py's configs whose model comes from an optional package: .venv-zoo/ with
 # torchvision (torch 2.14.1 + torchvision 0.29.1: PyPI's torchvision does not import beside the project's
 # torch 2.13.0 CPU build), timm, mmpretrain and mmcls 1.x (the TSN/TSM custom backbones), and the
-# project's stack from requirements.txt with torch left free. Full mmcv's compiled ops (TIN's tin_shift)
+# project's stack from requirements.txt with torch left free and mmcv-lite 2.0.1 (mmcls 1.x's limit). Full mmcv's compiled ops (TIN's tin_shift)
 # are not in it: they build from source for a CUDA toolkit.
 #
 #   bash benchmarks/zoo_venv.sh
@@ -26,6 +26,8 @@ PIP=("$VENV/bin/python" -m pip --disable-pip-version-check --quiet)
 "${PIP[@]}" install --upgrade pip 'setuptools<81' wheel
 "${PIP[@]}" install torch==2.14.1 torchvision==0.29.1
 "${PIP[@]}" install $(grep -v -e '^#' -e '^torch==' requirements.txt) 'timm>=0.9'
+# mmcls 1.0.0rc6 asserts mmcv < 2.1.0; mmaction2 1.2.0 and mmpretrain 1.2.0 accept 2.0.1 too
+"${PIP[@]}" install mmcv-lite==2.0.1
 "${PIP[@]}" install --no-deps mmpretrain==1.2.0 mmcls==1.0.0rc6
 "${PIP[@]}" install modelindex mat4py einops
 "${PIP[@]}" install --no-deps --no-build-isolation -e .

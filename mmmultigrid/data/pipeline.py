@@ -201,6 +201,13 @@ def scale_frames(transforms: list[dict], base: PipelineShape, crop_size: int) ->
             cfg['scale'] = (-1, needed)
 
 
+def span_interval(base: PipelineShape, clip_len: int) -> int:
+    """The frame interval at which a clip of ``clip_len`` frames spans the base clip's time (I0 where
+    every clip spans the video whatever T)."""
+    low = base.frame_interval
+    return low if base.spans_video else max(low, low * base.clip_len // clip_len)
+
+
 def shaped_transforms(transforms: Sequence[dict], base: PipelineShape, clip_len: int,
                       frame_interval: int, crop_size: int, scale_jitter: bool) -> list[dict]:
     """Copies of the transform configs retargeted to (T, interval, S)."""
@@ -275,10 +282,7 @@ class ShapeVaryingPipeline(BaseTransform):
 
     def frame_intervals(self, clip_len: int) -> tuple[int, int]:
         """The inclusive range of frame intervals for clips of ``clip_len`` frames (or segments)."""
-        low = self.base.frame_interval
-        if self.base.spans_video:
-            return low, low
-        return low, max(low, low * self.base.clip_len // clip_len)
+        return self.base.frame_interval, span_interval(self.base, clip_len)
 
     def _grid_shape(self, results: dict) -> GridShape:
         index = results.get('sample_idx')

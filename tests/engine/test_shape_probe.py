@@ -1,0 +1,108 @@
+"""mmmultigrid/engine/shape_probe.py: the probe shapes of a plan, the probe configs, the table."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from mmengine.config import Config
+
+from mmmultigrid.baseline import plan_from_config, train_transforms
+from mmmultigrid.data.pipeline import describe_pipeline
+from mmmultigrid.data.synthetic_videos import SyntheticDataset
+from mmmultigrid.engine.shape_probe import (ProbeShape, format_probes, long_cycle_shapes, parse_shape,
+                                            probe_config, probe_schedule, validation_curve)
+from runs import write_tiny_multigrid_config
+
+
+@pytest.fixture
+def tiny(tmp_path: Path, synthetic_dataset: SyntheticDataset) -> Config:
+    """The tiny multigrid config (T=8 at interval 2, 32 px; its val pipeline ends in a CenterCrop)."""
+    return Config.fromfile(str(write_tiny_multigrid_config(tmp_path / 'tiny.py', synthetic_dataset,
+                                                           validate=True)))
+
+
+def names(pipeline: list[dict]) -> list[str]:
+    return [t['type'] for t in pipeline]
+
+
+def test_long_cycle_shapes_span_the_base_clip(tiny: Config) -> None:
+    """Each long-cycle (T, S) once, in training order, at the interval where T frames span the base
+    clip's 16 frames; the base shape last."""
+    base = describe_pipeline(train_transforms(tiny))
+    plan = plan_from_config(tiny, 1)
+    shapes = long_cycle_shapes(plan, base)
+    assert sorted((s.clip_len, s.frame_interval, s.crop_size, s.is_base) for s in shapes) == [
+        (2, 8, 23, False), (4, 4, 23, False), (4, 4, 32, False), (8, 2, 32, True)]
+    first = plan.segments[0].long_shape
+    assert (shapes[0].clip_len, shapes[0].crop_size) == (first.clip_len, first.crop_size)
+    assert shapes[-1].is_base
+    assert shapes[0].name == 'T2_I8_S23' and str(shapes[-1]) == '8 x 32 (interval 2) (base)'
+
+
+def test_parse_shape(tiny: Config) -> None:
+    base = describe_pipeline(train_transforms(tiny))
+    assert parse_shape('4x24', base) == ProbeShape(4, 4, 24)
+    assert parse_shape('16X32', base) == ProbeShape(16, 2, 32)  # longer than the base: I0
+    assert parse_shape('8x32', base).is_base
+    for bad in ('4x', 'ax24', '0x24', '4x24x2'):
+        with pytest.raises(ValueError, match=f'--shapes takes TxS|--shapes: T and S must be positive'):
+            parse_shape(bad, base)
+
+
+def test_probe_config_is_the_plain_baseline_at_the_shape(tiny: Config) -> None:
+    probe = probe_config(tiny, ProbeShape(4, 4, 23), epochs=12)
+    loader = probe.train_dataloader
+    assert 'batch_sampler' not in loader and probe.custom_hooks == []
+    assert loader.batch_size == tiny.train_dataloader.batch_size
+    train = loader.dataset.pipeline
+    assert names(train) == names(train_transforms(tiny))  # ShapeVaryingPipeline unwrapped
+    assert (train[1]['clip_len'], train[1]['frame_interval']) == (4, 4)
+    assert train[5]['scale'] == (23, 23)
+    val = probe.val_dataloader.dataset.pipeline
+    assert (val[1]['clip_len'], val[1]['frame_interval'], val[1]['test_mode']) == (4, 4, True)
+    # the val view stays the base crop's (CenterCrop 32), resampled to 23 px as training does
+    assert names(val)[3:6] == ['Resize', 'CenterCrop', 'Resize']
+    assert val[4]['crop_size'] == 32 and val[5] == dict(type='Resize', keep_ratio=False, scale=(23, 23))
+    assert probe.train_cfg == dict(type='EpochBasedTrainLoop', max_epochs=12, val_begin=1,
+                                   val_interval=3)
+    assert probe.param_scheduler == probe_schedule(12)
+    assert probe.default_hooks.checkpoint.interval == 12
+    # the user's config is unchanged
+    assert tiny.custom_hooks[0]['type'] == 'MultigridHook'
+    assert tiny.train_dataloader.dataset.pipeline[0]['type'] == 'ShapeVaryingPipeline'
+
+
+def test_probe_config_keeps_the_base_crop_at_the_base_shape(tiny: Config) -> None:
+    val = probe_config(tiny, ProbeShape(8, 2, 32, is_base=True), 6).val_dataloader.dataset.pipeline
+    assert names(val) == names(tiny.val_dataloader.dataset.pipeline)
+
+
+def test_probe_config_needs_a_val_pipeline(tiny: Config) -> None:
+    tiny.val_dataloader = None
+    with pytest.raises(ValueError, match='needs val_dataloader.dataset.pipeline'):
+        probe_config(tiny, ProbeShape(4, 4, 23), 6)
+    with pytest.raises(ValueError, match='--epochs must be >= 1, got 0'):
+        probe_config(tiny, ProbeShape(4, 4, 23), 0)
+
+
+def test_probe_schedule() -> None:
+    assert probe_schedule(12)[0]['end'] == 2 and probe_schedule(12)[1]['milestones'] == [8, 10]
+    assert probe_schedule(1)[1]['milestones'] == []
+    assert probe_schedule(3)[1]['milestones'] == [2]
+
+
+def test_validation_curve_and_table(tmp_path: Path) -> None:
+    scalars = tmp_path / '20261202_000000' / 'vis_data' / 'scalars.json'
+    scalars.parent.mkdir(parents=True)
+    scalars.write_text('\n'.join(json.dumps(r) for r in (
+        dict(loss=2.0, step=1), {'acc/top1': 0.25, 'step': 2}, {'acc/top1': 0.5, 'step': 4})))
+    assert validation_curve(tmp_path) == [dict(epoch=2, top1=0.25), dict(epoch=4, top1=0.5)]
+    with pytest.raises(FileNotFoundError, match='the probe did not train'):
+        validation_curve(tmp_path / 'missing')
+    table = format_probes({ProbeShape(4, 4, 23): [dict(epoch=2, top1=0.1), dict(epoch=4, top1=0.2)],
+                           ProbeShape(8, 2, 32, True): [dict(epoch=4, top1=0.5)]})
+    lines = table.splitlines()
+    assert lines[0].split() == ['T', 'x', 'S', '(interval)', 'ep', '2', 'ep', '4', 'last', 'vs', 'base']
+    assert '10.0%' in lines[1] and '20.0%' in lines[1] and lines[1].endswith('-30.0 points')
+    assert ' - ' in lines[2] and '50.0%' in lines[2] and 'points' not in lines[2]

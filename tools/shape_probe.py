@@ -1,0 +1,111 @@
+"""Before a long multigrid run: does each long-cycle grid shape teach your data?
+
+Trains the config as the plain baseline at each long-cycle shape (T x S) of its multigrid plan and at
+the base shape, with the base batch and LR, for a short schedule (``--epochs``), one after the other
+through ``tools/train.py``, validating at the probed shape; then prints top-1 per shape and epoch
+against the base shape's (``mmmultigrid/engine/shape_probe.py`` says how each probe config is made).
+A shape that stays far below the base shape at the same epoch teaches this data slowly: multigrid's
+epochs there are worth little, and a long cycle without it (``MultigridHook.long_cycle_factors``) may
+reach the baseline's accuracy sooner (README, "Choosing the grid").
+
+Examples::
+
+    python tools/shape_probe.py configs/synthetic_r3d_multigrid.py --epochs 12
+    python tools/shape_probe.py CONFIG --epochs 8 --shapes 4x160 8x224 --work-dir work_dirs/probe
+    python tools/shape_probe.py CONFIG --dry-run      # the shapes and the probe configs, no training
+
+Results: ``WORK_DIR/shape_probe.json`` (shapes, validation curves) and each probe's work dir
+``WORK_DIR/T<T>_I<I>_S<S>``. Config errors print ``error: ...`` and exit with status 2.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import os.path as osp
+import subprocess
+import sys
+from pathlib import Path
+from typing import Sequence
+
+sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))  # run from a checkout
+
+import mmmultigrid  # noqa: E402,F401  (stack fixes and registries before the config is read)
+from mmengine.config import Config, DictAction  # noqa: E402
+
+from mmmultigrid.baseline import base_variable_hint, plan_from_config, train_transforms  # noqa: E402
+from mmmultigrid.data.pipeline import describe_pipeline  # noqa: E402
+from mmmultigrid.engine.shape_probe import (format_probes, long_cycle_shapes, parse_shape,  # noqa: E402
+                                            probe_config, validation_curve)
+
+TRAIN = Path(__file__).resolve().parent / 'train.py'
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser.add_argument('config', help='config file path (with or without the multigrid lines)')
+    parser.add_argument('--epochs', type=int, default=12, help='epochs of each probe')
+    parser.add_argument('--shapes', nargs='+', metavar='TxS',
+                        help="probe these shapes (and the base shape) instead of the plan's long cycle")
+    parser.add_argument('--work-dir', type=Path, default=Path('work_dirs') / 'shape_probe')
+    parser.add_argument('--seed', type=int, default=0, help='training seed of every probe')
+    parser.add_argument(
+        '--cfg-options', nargs='+', action=DictAction,
+        help='override config settings, xxx=yyy pairs merged into the config')
+    parser.add_argument('--dry-run', action='store_true',
+                        help='write the probe configs and print the shapes, without training')
+    args = parser.parse_args(argv)
+    if args.epochs < 1:
+        parser.error(f'--epochs must be >= 1, got {args.epochs}')
+    return args
+
+
+def train(config: Path, work_dir: Path, seed: int) -> None:
+    with open(work_dir / 'train.log', 'w') as log:
+        proc = subprocess.run([sys.executable, str(TRAIN), str(config), '--work-dir', str(work_dir),
+                               '--seed', str(seed)], stdout=log, stderr=subprocess.STDOUT,
+                              env=dict(os.environ))
+    if proc.returncode:
+        raise SystemExit(f'the probe {work_dir.name} failed (exit status {proc.returncode}); its '
+                         f'log: {work_dir / "train.log"}')
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the tool; returns the exit status."""
+    args = parse_args(argv)
+    try:
+        with base_variable_hint(args.config):
+            cfg = Config.fromfile(args.config)
+        if args.cfg_options:
+            cfg.merge_from_dict(args.cfg_options)
+        base = describe_pipeline(train_transforms(cfg), 'train_dataloader.dataset.pipeline')
+        shapes = long_cycle_shapes(plan_from_config(cfg, 1), base)
+        if args.shapes:
+            shapes = [s for s in (parse_shape(text, base) for text in args.shapes) if not s.is_base]
+            shapes.append(long_cycle_shapes(plan_from_config(cfg, 1), base)[-1])
+        configs = {shape: probe_config(cfg, shape, args.epochs) for shape in shapes}
+    except (ValueError, TypeError, FileNotFoundError) as exc:
+        print(f'error: {exc}'.replace('\n', ' '), file=sys.stderr)
+        return 2
+    curves = {}
+    for shape, probe in configs.items():
+        work_dir = args.work_dir / shape.name
+        work_dir.mkdir(parents=True, exist_ok=True)
+        config = work_dir / 'probe.py'
+        probe.dump(config)
+        print(f'probe {shape}: {config}', flush=True)
+        if not args.dry_run:
+            train(config, work_dir, args.seed)
+            curves[shape] = validation_curve(work_dir)
+    if args.dry_run:
+        return 0
+    (args.work_dir / 'shape_probe.json').write_text(json.dumps(dict(
+        config=str(args.config), epochs=args.epochs, seed=args.seed,
+        probes=[dict(clip_len=s.clip_len, frame_interval=s.frame_interval, crop_size=s.crop_size,
+                     base=s.is_base, validation_curve=c) for s, c in curves.items()]), indent=2) + '\n')
+    print(format_probes(curves))
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
