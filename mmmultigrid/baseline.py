@@ -12,6 +12,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
+from mmengine.config import Config
+
 from mmmultigrid.lr_curve import parse_lr_schedulers
 from mmmultigrid.data.pipeline import describe_pipeline, transform_name
 from mmmultigrid.plan import BaseShape, MultigridOptions, MultigridPlan, build_plan
@@ -112,3 +114,13 @@ def base_variable_hint(path: str) -> Iterator[None]:
                 'from a config that trains the model)' if name == 'train_pipeline' else '')
         raise ValueError(f'{path} uses {{{{_base_.{name}}}}}, which its base config does not define'
                          f'{hint}') from None
+
+
+def load_config(path: str, options: Mapping[str, Any] | None = None) -> Config:
+    """``Config.fromfile(path)`` (a missing ``{{_base_.NAME}}`` said as :func:`base_variable_hint` says
+    it) with the ``--cfg-options`` ``options`` merged in."""
+    with base_variable_hint(path):
+        cfg = Config.fromfile(path)
+    if options:
+        cfg.merge_from_dict(options)
+    return cfg

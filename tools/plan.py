@@ -41,7 +41,7 @@ from mmengine.config import Config, DictAction  # noqa: E402
 from mmengine.logging import MMLogger  # noqa: E402
 from mmengine.registry import init_default_scope  # noqa: E402
 
-from mmmultigrid.baseline import base_variable_hint, grouped_bn_enabled, plan_from_config  # noqa: E402
+from mmmultigrid.baseline import grouped_bn_enabled, load_config, plan_from_config  # noqa: E402
 from mmmultigrid.models.batch_mixing import find_batch_mixing  # noqa: E402
 from mmmultigrid.models.batchnorm import use_grouped_batchnorm  # noqa: E402
 from mmmultigrid.models.embeddings import adapt_embeddings  # noqa: E402
@@ -222,10 +222,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the tool; returns the exit status."""
     args = parse_args(argv)
     try:
-        with base_variable_hint(args.config):
-            cfg = Config.fromfile(args.config)
-        if args.cfg_options:
-            cfg.merge_from_dict(args.cfg_options)
+        cfg = load_config(args.config, args.cfg_options)
         plan = plan_from_config(cfg, args.gpus)
     except (ValueError, TypeError, FileNotFoundError) as exc:
         print(f'error: {exc}'.replace('\n', ' '), file=sys.stderr)

@@ -31,9 +31,9 @@ from typing import Sequence
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))  # run from a checkout
 
 import mmmultigrid  # noqa: E402,F401  (stack fixes and registries before the config is read)
-from mmengine.config import Config, DictAction  # noqa: E402
+from mmengine.config import DictAction  # noqa: E402
 
-from mmmultigrid.baseline import base_variable_hint, plan_from_config, train_transforms  # noqa: E402
+from mmmultigrid.baseline import load_config, plan_from_config, train_transforms  # noqa: E402
 from mmmultigrid.data.pipeline import describe_pipeline  # noqa: E402
 from mmmultigrid.engine.shape_probe import (format_probes, long_cycle_shapes, parse_shape,  # noqa: E402
                                             probe_config, validation_curve)
@@ -74,10 +74,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the tool; returns the exit status."""
     args = parse_args(argv)
     try:
-        with base_variable_hint(args.config):
-            cfg = Config.fromfile(args.config)
-        if args.cfg_options:
-            cfg.merge_from_dict(args.cfg_options)
+        cfg = load_config(args.config, args.cfg_options)
         base = describe_pipeline(train_transforms(cfg), 'train_dataloader.dataset.pipeline')
         shapes = long_cycle_shapes(plan_from_config(cfg, 1), base)
         if args.shapes:
