@@ -49,7 +49,7 @@ import speedup  # noqa: E402  (puts the repository on sys.path and repairs the O
 from accuracy_probe import apply_settings, parse_assignment  # noqa: E402
 from mmengine.config import Config  # noqa: E402
 
-from mmmultigrid.baseline import plan_from_config  # noqa: E402
+from mmmultigrid.baseline import base_shape, plan_from_config  # noqa: E402
 from mmmultigrid.plan import GridShape  # noqa: E402
 
 METHODS = ('baseline', 'multigrid')
@@ -174,10 +174,11 @@ def shape_key(shape: GridShape) -> str:
     return f'{shape.batch_size}x{shape.clip_len}x{shape.crop_size}'
 
 
-def base_key(preset: dict[str, Any]) -> str:
-    """The key of the base shape in a run's iterations per shape (the baseline logs it as 'base')."""
-    return (f"{preset['schedule']['batch_size']}x{preset['pipeline']['clip_len']}x"
-            f"{preset['pipeline']['crop_size']}")
+def base_key(preset: dict[str, Any], data: dict[str, Any]) -> str:
+    """The key of the base shape in a run's iterations per shape (the baseline logs it as 'base'):
+    the plan's base shape, whose T is the segment count for a 2D recognizer."""
+    base = base_shape(speedup.build_config('baseline', preset, data))
+    return f'{base.batch_size}x{base.clip_len}x{base.crop_size}'
 
 
 # --- calibration and modeled time ----------------------------------------------------------------------
@@ -390,7 +391,7 @@ def load_previous(args: argparse.Namespace, preset: dict[str, Any]) -> dict[str,
     previous = json.loads(args.out.read_text())
     differences = [f'{key}: {previous_value!r} there, {value!r} here' for key, previous_value, value in
                    differing(dict(settings=previous['settings'], format=previous['format']),
-                             dict(settings=preset, format=args.format))]
+                             json.loads(json.dumps(dict(settings=preset, format=args.format))))]
     if differences:
         raise SystemExit(f'--resume: {args.out} was made with other settings ('
                          + '; '.join(differences) + '); use another --out')
@@ -453,7 +454,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         print('seconds per iteration: ' + ', '.join(
             f'{k} {v:.3f}' for k, v in results['calibration']['seconds'].items()), flush=True)
     for r in runs:
-        add_modeled_time(r, results['calibration'], base_key(preset))
+        add_modeled_time(r, results['calibration'], base_key(preset, data))
     write(args, results)
     lock = threading.Lock()
     pending = Counter((p['schedule'], p['seed']) for p in todo)
@@ -469,7 +470,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         result = speedup.train(method, cfg, args.work_dir / name, preset['threads'])
         run = dict(method=method, variant=planned['variant'], hook_options=planned['hook_options'],
                    schedule=length, seed=seed, max_epochs=epochs, concurrent_runs=args.jobs, **result)
-        add_modeled_time(run, results['calibration'], base_key(preset))
+        add_modeled_time(run, results['calibration'], base_key(preset, data))
         with lock:
             runs.append(run)
             runs.sort(key=run_order)

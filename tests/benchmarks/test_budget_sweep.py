@@ -200,3 +200,19 @@ def test_rawframes_sweep(tmp_path: Path) -> None:
         'short20', 'short29']
     config = (tmp_path / 'work').rglob('multigrid.py')
     assert "type='ScaledRawFrameDecode'" in next(config).read_text()
+
+
+def test_base_key_is_the_plans_base_shape() -> None:
+    """The baseline's iterations ('base') are timed at the plan's base shape: for the 2D preset its T is
+    the segment count (SampleFrames.num_clips), not clip_len 1."""
+    assert budget_sweep.base_key(speedup.PRESETS['default'], DATA) == '4x16x80'
+    assert budget_sweep.base_key(speedup.PRESETS['tsm'], DATA) == '4x8x48'
+
+
+def test_resume_accepts_its_own_file_with_tuples(tmp_path: Path) -> None:
+    """A preset holding tuples (the tsm preset's strides) matches the JSON it wrote (lists there)."""
+    out = tmp_path / 'sweep.json'
+    preset = speedup.PRESETS['tsm']
+    out.write_text(json.dumps(dict(settings=preset, format='video', runs=[])))
+    args = budget_sweep.parse_args(['--preset', 'tsm', '--resume', '--out', str(out)])
+    assert budget_sweep.load_previous(args, preset)['runs'] == []
