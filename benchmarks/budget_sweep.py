@@ -453,8 +453,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         results['calibration'] = calibrate(preset, data, list(variants.values()), args.calibrate_steps)
         print('seconds per iteration: ' + ', '.join(
             f'{k} {v:.3f}' for k, v in results['calibration']['seconds'].items()), flush=True)
+    base = base_key(preset, data)
     for r in runs:
-        add_modeled_time(r, results['calibration'], base_key(preset, data))
+        add_modeled_time(r, results['calibration'], base)
     write(args, results)
     lock = threading.Lock()
     pending = Counter((p['schedule'], p['seed']) for p in todo)
@@ -470,7 +471,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         result = speedup.train(method, cfg, args.work_dir / name, preset['threads'])
         run = dict(method=method, variant=planned['variant'], hook_options=planned['hook_options'],
                    schedule=length, seed=seed, max_epochs=epochs, concurrent_runs=args.jobs, **result)
-        add_modeled_time(run, results['calibration'], base_key(preset, data))
+        add_modeled_time(run, results['calibration'], base)
         with lock:
             runs.append(run)
             runs.sort(key=run_order)

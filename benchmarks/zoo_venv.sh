@@ -2,8 +2,8 @@
 # The environment for zoo_compat.py's configs whose model comes from an optional package: .venv-zoo/ with
 # torchvision (torch 2.14.1 + torchvision 0.29.1: PyPI's torchvision does not import beside the project's
 # torch 2.13.0 CPU build), timm, mmpretrain and mmcls 1.x (the TSN/TSM custom backbones), and the
-# project's stack from requirements.txt with torch left free and mmcv-lite 2.0.1 (mmcls 1.x's limit). Full mmcv's compiled ops (TIN's tin_shift)
-# are not in it: they build from source for a CUDA toolkit.
+# project's stack from requirements.txt with torch left free and mmcv-lite 2.0.1 (mmcls 1.x's limit).
+# Full mmcv's compiled ops (TIN's tin_shift) are not in it: mmcv-lite lacks them.
 #
 #   bash benchmarks/zoo_venv.sh
 #   .venv-zoo/bin/python benchmarks/zoo_compat.py --configs CONFIG ... --out work_dirs/zoo/optional.json

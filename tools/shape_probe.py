@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import os.path as osp
 import subprocess
 import sys
@@ -63,8 +62,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def train(config: Path, work_dir: Path, seed: int) -> None:
     with open(work_dir / 'train.log', 'w') as log:
         proc = subprocess.run([sys.executable, str(TRAIN), str(config), '--work-dir', str(work_dir),
-                               '--seed', str(seed)], stdout=log, stderr=subprocess.STDOUT,
-                              env=dict(os.environ))
+                               '--seed', str(seed)], stdout=log, stderr=subprocess.STDOUT)
     if proc.returncode:
         raise SystemExit(f'the probe {work_dir.name} failed (exit status {proc.returncode}); its '
                          f'log: {work_dir / "train.log"}')
@@ -77,9 +75,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         cfg = load_config(args.config, args.cfg_options)
         base = describe_pipeline(train_transforms(cfg), 'train_dataloader.dataset.pipeline')
         shapes = long_cycle_shapes(plan_from_config(cfg, 1), base)
-        if args.shapes:
-            shapes = [s for s in (parse_shape(text, base) for text in args.shapes) if not s.is_base]
-            shapes.append(long_cycle_shapes(plan_from_config(cfg, 1), base)[-1])
+        if args.shapes:  # the given shapes, then the base shape (the last of the plan's)
+            shapes = [s for s in (parse_shape(text, base) for text in args.shapes)
+                      if not s.is_base] + shapes[-1:]
         configs = {shape: probe_config(cfg, shape, args.epochs) for shape in shapes}
     except (ValueError, TypeError, FileNotFoundError) as exc:
         print(f'error: {exc}'.replace('\n', ' '), file=sys.stderr)
