@@ -13,6 +13,7 @@ Examples::
     python tools/shape_probe.py configs/synthetic_r3d_multigrid.py --epochs 12
     python tools/shape_probe.py CONFIG --epochs 8 --shapes 4x160 8x224 --work-dir work_dirs/probe
     python tools/shape_probe.py CONFIG --dry-run      # the shapes and the probe configs, no training
+    python tools/shape_probe.py CONFIG --epochs 12 --resume  # keep the probes that already finished
 
 Results: ``WORK_DIR/shape_probe.json`` (shapes, validation curves) and each probe's work dir
 ``WORK_DIR/T<T>_I<I>_S<S>``. Config errors print ``error: ...`` and exit with status 2.
@@ -30,7 +31,7 @@ from typing import Sequence
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))  # run from a checkout
 
 import mmmultigrid  # noqa: E402,F401  (stack fixes and registries before the config is read)
-from mmengine.config import DictAction  # noqa: E402
+from mmengine.config import Config, DictAction  # noqa: E402
 
 from mmmultigrid.baseline import load_config, plan_from_config, train_transforms  # noqa: E402
 from mmmultigrid.data.pipeline import describe_pipeline  # noqa: E402
@@ -51,6 +52,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         '--cfg-options', nargs='+', action=DictAction,
         help='override config settings, xxx=yyy pairs merged into the config')
+    parser.add_argument('--resume', action='store_true',
+                        help='keep a probe whose work dir already holds a finished run of the same '
+                             'probe config (seed included) instead of training it again')
     parser.add_argument('--dry-run', action='store_true',
                         help='write the probe configs and print the shapes, without training')
     args = parser.parse_args(argv)
@@ -59,13 +63,28 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def train(config: Path, work_dir: Path, seed: int) -> None:
+def train(config: Path, work_dir: Path) -> None:
     with open(work_dir / 'train.log', 'w') as log:
-        proc = subprocess.run([sys.executable, str(TRAIN), str(config), '--work-dir', str(work_dir),
-                               '--seed', str(seed)], stdout=log, stderr=subprocess.STDOUT)
+        proc = subprocess.run([sys.executable, str(TRAIN), str(config), '--work-dir', str(work_dir)],
+                              stdout=log, stderr=subprocess.STDOUT)
     if proc.returncode:
         raise SystemExit(f'the probe {work_dir.name} failed (exit status {proc.returncode}); its '
                          f'log: {work_dir / "train.log"}')
+
+
+def finished(config: Path, probe: Config, epochs: int) -> bool:
+    """Whether ``config``, as ``tools/train.py`` dumped it (with its ``launcher`` and ``work_dir``), is
+    ``probe`` and its latest run validated its last epoch."""
+    if not config.is_file():
+        return False
+    ran = {k: v for k, v in Config.fromfile(config).to_dict().items() if k not in ('launcher', 'work_dir')}
+    if Config(ran).pretty_text != Config(probe.to_dict()).pretty_text:
+        return False
+    try:
+        curve = validation_curve(config.parent)
+    except FileNotFoundError:
+        return False
+    return bool(curve) and curve[-1]['epoch'] == epochs
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -79,6 +98,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             shapes = [s for s in (parse_shape(text, base) for text in args.shapes)
                       if not s.is_base] + shapes[-1:]
         configs = {shape: probe_config(cfg, shape, args.epochs) for shape in shapes}
+        for probe in configs.values():
+            probe.randomness = dict(probe.get('randomness') or {}, seed=args.seed)
     except (ValueError, TypeError, FileNotFoundError) as exc:
         print(f'error: {exc}'.replace('\n', ' '), file=sys.stderr)
         return 2
@@ -87,10 +108,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         work_dir = args.work_dir / shape.name
         work_dir.mkdir(parents=True, exist_ok=True)
         config = work_dir / 'probe.py'
+        if args.resume and finished(config, probe, args.epochs):
+            print(f'probe {shape}: kept, {work_dir} holds its finished run', flush=True)
+            curves[shape] = validation_curve(work_dir)
+            continue
         probe.dump(config)
         print(f'probe {shape}: {config}', flush=True)
         if not args.dry_run:
-            train(config, work_dir, args.seed)
+            train(config, work_dir)
             curves[shape] = validation_curve(work_dir)
     if args.dry_run:
         return 0

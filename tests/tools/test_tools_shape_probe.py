@@ -1,5 +1,5 @@
 """tools/shape_probe.py as a user runs it: two 1-epoch probes of the tiny config, the JSON and the
-table; config errors exit with status 2."""
+table, ``--resume`` keeping the finished probes; config errors exit with status 2."""
 from __future__ import annotations
 
 import json
@@ -28,6 +28,15 @@ def test_probes_train_and_report(tmp_path: Path, synthetic_dataset: SyntheticDat
     table = proc.stdout.splitlines()[-3:]
     assert table[0].startswith('T x S (interval)') and table[1].startswith('4 x 24 (interval 4)')
     assert table[1].endswith('points') and table[2].startswith('8 x 32 (interval 2) (base)')
+
+    # --resume keeps both finished probes; another seed is another probe and trains again
+    proc = run([sys.executable, 'tools/shape_probe.py', str(config), '--epochs', '1', '--shapes', '4x24',
+                '--work-dir', str(work), '--resume'])
+    assert proc.stdout.count('kept') == 2 and proc.stdout.splitlines()[-3:] == table
+    assert json.loads((work / 'shape_probe.json').read_text()) == result
+    proc = run([sys.executable, 'tools/shape_probe.py', str(config), '--epochs', '1', '--shapes', '4x24',
+                '--work-dir', str(work), '--resume', '--seed', '1'])
+    assert 'kept' not in proc.stdout and json.loads((work / 'shape_probe.json').read_text())['seed'] == 1
 
 
 def test_errors_exit_2(tmp_path: Path, synthetic_dataset: SyntheticDataset) -> None:
