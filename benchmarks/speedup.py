@@ -33,6 +33,7 @@ from mmmultigrid.baseline import plan_from_config  # noqa: E402
 from mmmultigrid.data.rawframes import copies_for_config, extract_dataset  # noqa: E402
 from mmmultigrid.report import format_plan  # noqa: E402
 from mmmultigrid.data.synthetic_videos import make_dataset  # noqa: E402
+from mmmultigrid.engine.run_scalars import latest_scalars  # noqa: E402
 
 CONFIGS = {'baseline': REPO / 'configs' / 'synthetic_r3d_baseline.py',
            'multigrid': REPO / 'configs' / 'synthetic_r3d_multigrid.py'}
@@ -230,8 +231,7 @@ def set_validation(cfg: Config, epochs: int, count: int = VALIDATIONS) -> None:
 
 def read_scalars(work_dir: Path) -> tuple[list[dict], list[dict]]:
     """(train rows, val rows) of the run's ``vis_data/scalars.json``."""
-    path = max(work_dir.glob('*/vis_data/scalars.json'), key=lambda p: p.stat().st_mtime)
-    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    rows = latest_scalars(work_dir)
     return [r for r in rows if 'loss' in r], [r for r in rows if 'acc/top1' in r]
 
 

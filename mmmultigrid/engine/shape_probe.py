@@ -19,7 +19,6 @@ Each probe config is the user's config with:
 from __future__ import annotations
 
 import copy
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
@@ -29,6 +28,7 @@ from mmengine.config import Config
 from mmmultigrid.baseline import train_transforms
 from mmmultigrid.data.pipeline import (PipelineShape, describe_pipeline, shaped_transforms,
                                       span_interval, transform_name)
+from mmmultigrid.engine.run_scalars import latest_scalars
 from mmmultigrid.plan import MultigridPlan
 
 MULTIGRID_ENTRIES = ('MultigridHook', 'MultigridSampler')
@@ -133,11 +133,8 @@ def probe_config(cfg: Config, shape: ProbeShape, epochs: int) -> Config:
 def validation_curve(work_dir: Path) -> list[dict[str, float]]:
     """(epoch, top1) of every validation in the latest run under ``work_dir`` (mmengine's
     ``vis_data/scalars.json``)."""
-    runs = sorted(work_dir.glob('*/vis_data/scalars.json'), key=lambda p: p.stat().st_mtime)
-    if not runs:
-        raise FileNotFoundError(f'no vis_data/scalars.json under {work_dir}: the probe did not train')
-    rows = [json.loads(line) for line in runs[-1].read_text().splitlines()]
-    return [dict(epoch=int(r['step']), top1=float(r['acc/top1'])) for r in rows if 'acc/top1' in r]
+    return [dict(epoch=int(r['step']), top1=float(r['acc/top1']))
+            for r in latest_scalars(work_dir) if 'acc/top1' in r]
 
 
 def format_probes(results: Mapping[ProbeShape, list[dict[str, float]]]) -> str:

@@ -98,7 +98,7 @@ def test_validation_curve_and_table(tmp_path: Path) -> None:
     scalars.write_text('\n'.join(json.dumps(r) for r in (
         dict(loss=2.0, step=1), {'acc/top1': 0.25, 'step': 2}, {'acc/top1': 0.5, 'step': 4})))
     assert validation_curve(tmp_path) == [dict(epoch=2, top1=0.25), dict(epoch=4, top1=0.5)]
-    with pytest.raises(FileNotFoundError, match='the probe did not train'):
+    with pytest.raises(FileNotFoundError, match='the run logged nothing'):
         validation_curve(tmp_path / 'missing')
     table = format_probes({ProbeShape(4, 4, 23): [dict(epoch=2, top1=0.1), dict(epoch=4, top1=0.2)],
                            ProbeShape(8, 2, 32, True): [dict(epoch=4, top1=0.5)]})
