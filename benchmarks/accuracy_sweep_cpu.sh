@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Issue 18's sweep on the `default` preset, in the order its answers are needed: lengths 1-8x (two seeds
-# at 8x), the grid without the T/4 shapes at 8x, then 16x and that grid at 16x. Every invocation resumes
+# at 8x), the grid without the T/4 shapes and the grid with T/2 at S/2 first at 8x, then 16x and those
+# grids at 16x (two seeds wherever a length is run alone). Every invocation resumes
 # (runs already in OUT are kept) and commits OUT after every completed length and seed, so this script
 # can stop at any point and be started again, here or on another machine, to continue.
 #
@@ -9,7 +10,8 @@
 # OUT, WORK_DIR and SYNTHETIC_ROOT default to the repository's; set them to run from another checkout
 # (e.g. a worktree pinned at one commit) while the results are committed in this one. Modeled time uses
 # the calibration already in OUT (made on a quiet machine); the T/4-free grid's shapes are a subset of
-# the default grid's, so it needs no new calibration.
+# the default grid's, and the T/2-at-S/2 grid's are among the calibrated shapes too, so neither needs a new
+# calibration.
 set -euo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -18,6 +20,7 @@ OUT=${OUT:-$REPO/benchmarks/results/accuracy_sweep_cpu.json}
 WORK_DIR=${WORK_DIR:-$REPO/work_dirs/accuracy_sweep}
 SYNTHETIC_ROOT=${SYNTHETIC_ROOT:-$REPO/data/synthetic-default}
 NO_T4_GRID='long_cycle_factors=[[0.5,0.7071],[0.5,1],[1,1]]'
+T2_S2_GRID='long_cycle_factors=[[0.5,0.5],[0.5,0.7071],[1,1]]'
 COMMON=(--validations 12 --extra-seeds 1 --resume --commit --jobs "${JOBS:-2}" --out "$OUT"
         --work-dir "$WORK_DIR" --synthetic-root "$SYNTHETIC_ROOT")
 cd "$REPO"
@@ -25,5 +28,7 @@ cd "$REPO"
 sweep() { "$PY" -W ignore benchmarks/budget_sweep.py "${COMMON[@]}" "$@"; }
 sweep --lengths 1 2 4 8 --seed-lengths 8
 sweep --lengths 8 --methods multigrid --hook-option "$NO_T4_GRID"
+sweep --lengths 8 --methods multigrid --hook-option "$T2_S2_GRID"
 sweep --lengths 1 2 4 8 16 --seed-lengths 8 16
 sweep --lengths 8 16 --methods multigrid --hook-option "$NO_T4_GRID"
+sweep --lengths 8 16 --methods multigrid --hook-option "$T2_S2_GRID"

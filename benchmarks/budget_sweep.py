@@ -31,6 +31,7 @@ import argparse
 import copy
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -131,6 +132,15 @@ def variant_name(method: str, hook_options: dict[str, Any]) -> str:
     if method == 'baseline' or not hook_options:
         return method
     return f'multigrid {json.dumps(hook_options, sort_keys=True, separators=(",", ":"))}'
+
+
+def run_name(run: dict[str, Any]) -> str:
+    """The work-dir name of a planned run, e.g. ``multigrid_x8_seed1_long_cycle_factors-0.5-1-1-1``:
+    method, length, seed and every hook option's value, so that two variants never share a folder."""
+    name = f"{run['method']}_x{run['schedule']:g}_seed{run['seed']}"
+    for key, value in sorted(run['hook_options'].items()):
+        name += '_' + key + '-' + re.sub(r'[^0-9A-Za-z.]+', '-', json.dumps(value)).strip('-')
+    return name
 
 
 def run_config(method: str, preset: dict[str, Any], data: dict[str, Any], seed: int,
@@ -464,9 +474,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         method, length, seed = planned['method'], planned['schedule'], planned['seed']
         cfg, epochs = run_config(method, planned['preset'], data, seed, args.validations,
                                  planned['hook_options'])
-        name = f'{method}_x{length:g}_seed{seed}'
-        if planned['hook_options']:
-            name += '_' + '_'.join(f'{k}' for k in sorted(planned['hook_options']))
+        name = run_name(planned)
         print(f'training {name} ...', flush=True)
         result = speedup.train(method, cfg, args.work_dir / name, preset['threads'])
         run = dict(method=method, variant=planned['variant'], hook_options=planned['hook_options'],

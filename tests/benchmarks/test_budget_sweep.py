@@ -59,6 +59,9 @@ def test_a_variant_is_multigrid_with_its_hook_options() -> None:
                                     '--hook-option', f'long_cycle_factors={json.dumps(factors)}'])
     (run, ) = budget_sweep.planned_runs(args, speedup.PRESETS['default'])
     assert run['variant'] == 'multigrid {"long_cycle_factors":[[0.5,0.7071],[0.5,1],[1,1]]}'
+    assert budget_sweep.run_name(run) == 'multigrid_x1_seed0_long_cycle_factors-0.5-0.7071-0.5-1-1-1'
+    other = dict(run, hook_options=dict(long_cycle_factors=[[0.5, 0.5], [0.5, 0.7071], [1, 1]]))
+    assert budget_sweep.run_name(other) != budget_sweep.run_name(run)  # one folder per variant
     cfg, _ = budget_sweep.run_config('multigrid', run['preset'], DATA, 0, 3, run['hook_options'])
     plan = plan_from_config(cfg, 1)
     assert min(s.long_shape.clip_len for s in plan.segments) == 8  # no T/4 shape
