@@ -36,9 +36,11 @@ from mmengine.config import Config, DictAction  # noqa: E402
 from mmmultigrid.baseline import load_config, plan_from_config, train_transforms  # noqa: E402
 from mmmultigrid.data.pipeline import describe_pipeline  # noqa: E402
 from mmmultigrid.engine.shape_probe import (format_probes, long_cycle_shapes, parse_shape,  # noqa: E402
-                                            probe_config, validation_curve)
+                                            probe_config, read_test_top1, transfer_config,
+                                            validation_curve)
 
 TRAIN = Path(__file__).resolve().parent / 'train.py'
+TEST = Path(__file__).resolve().parent / 'test.py'
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -63,13 +65,21 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def train(config: Path, work_dir: Path) -> None:
-    with open(work_dir / 'train.log', 'w') as log:
-        proc = subprocess.run([sys.executable, str(TRAIN), str(config), '--work-dir', str(work_dir)],
-                              stdout=log, stderr=subprocess.STDOUT)
+def run_tool(tool: Path, args: list[str], log_path: Path) -> None:
+    with open(log_path, 'w') as log:
+        proc = subprocess.run([sys.executable, str(tool), *args], stdout=log, stderr=subprocess.STDOUT)
     if proc.returncode:
-        raise SystemExit(f'the probe {work_dir.name} failed (exit status {proc.returncode}); its '
-                         f'log: {work_dir / "train.log"}')
+        raise SystemExit(f'{tool.name} failed for the probe {log_path.parent.name} (exit status '
+                         f'{proc.returncode}); its log: {log_path}')
+
+
+def top1_at_base(base_probe: Config, work_dir: Path, epochs: int) -> float:
+    """The probe's final checkpoint validated at the base shape (``tools/test.py``)."""
+    config = work_dir / 'at_base.py'
+    transfer_config(base_probe, work_dir / f'epoch_{epochs}.pth').dump(config)
+    run_tool(TEST, [str(config), str(work_dir / f'epoch_{epochs}.pth'), '--work-dir',
+                    str(work_dir / 'at_base')], work_dir / 'at_base.log')
+    return read_test_top1(work_dir / 'at_base')
 
 
 def finished(config: Path, probe: Config, epochs: int) -> bool:
@@ -115,15 +125,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         probe.dump(config)
         print(f'probe {shape}: {config}', flush=True)
         if not args.dry_run:
-            train(config, work_dir)
+            run_tool(TRAIN, [str(config), '--work-dir', str(work_dir)], work_dir / 'train.log')
             curves[shape] = validation_curve(work_dir)
     if args.dry_run:
         return 0
+    base_shape = next(s for s in configs if s.is_base)
+    at_base = {shape: top1_at_base(configs[base_shape], args.work_dir / shape.name, args.epochs)
+               for shape in curves if not shape.is_base}
     (args.work_dir / 'shape_probe.json').write_text(json.dumps(dict(
         config=str(args.config), epochs=args.epochs, seed=args.seed,
         probes=[dict(clip_len=s.clip_len, frame_interval=s.frame_interval, crop_size=s.crop_size,
-                     base=s.is_base, validation_curve=c) for s, c in curves.items()]), indent=2) + '\n')
-    print(format_probes(curves))
+                     base=s.is_base, validation_curve=c, top1_at_base=at_base.get(s))
+                for s, c in curves.items()]), indent=2) + '\n')
+    print(format_probes(curves, at_base))
     return 0
 
 

@@ -19,6 +19,7 @@ Each probe config is the user's config with:
 from __future__ import annotations
 
 import copy
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
@@ -124,10 +125,32 @@ def probe_config(cfg: Config, shape: ProbeShape, epochs: int) -> Config:
     probe.train_cfg = dict(type='EpochBasedTrainLoop', max_epochs=epochs, val_begin=1,
                            val_interval=max(1, epochs // 4))
     probe.param_scheduler = probe_schedule(epochs)
-    checkpoint = probe.get('default_hooks', {}).get('checkpoint')
-    if checkpoint is not None:
-        checkpoint.update(interval=epochs, max_keep_ckpts=1, save_best=None)
+    # the final weights, which tools/shape_probe.py validates at the base shape too
+    hooks = probe.setdefault('default_hooks', {})
+    hooks['checkpoint'] = dict(hooks.get('checkpoint') or dict(type='CheckpointHook'), by_epoch=True,
+                               interval=epochs, max_keep_ckpts=1, save_best=None)
     return probe
+
+
+def transfer_config(base_probe: Config, checkpoint: Path) -> Config:
+    """The base shape's probe config set up to test ``checkpoint`` on its validation set: how much of
+    what a probe learnt at its own shape carries over to the base shape, at which multigrid's run ends
+    and is validated."""
+    cfg = copy.deepcopy(base_probe)
+    cfg.test_dataloader = copy.deepcopy(cfg.val_dataloader)
+    cfg.test_evaluator = copy.deepcopy(cfg.val_evaluator)
+    cfg.test_cfg = dict(type='TestLoop')
+    cfg.load_from = str(checkpoint)
+    return cfg
+
+
+def read_test_top1(work_dir: Path) -> float:
+    """top-1 of the latest ``tools/test.py`` run under ``work_dir`` (the metrics mmengine's LoggerHook
+    writes to ``<timestamp>/<timestamp>.json``)."""
+    runs = sorted(Path(work_dir).glob('*/*.json'), key=lambda p: p.stat().st_mtime)
+    if not runs:
+        raise FileNotFoundError(f'no */<timestamp>.json under {work_dir}: the test did not run')
+    return float(json.loads(runs[-1].read_text())['acc/top1'])
 
 
 def validation_curve(work_dir: Path) -> list[dict[str, float]]:
@@ -137,8 +160,10 @@ def validation_curve(work_dir: Path) -> list[dict[str, float]]:
             for r in latest_scalars(work_dir) if 'acc/top1' in r]
 
 
-def format_probes(results: Mapping[ProbeShape, list[dict[str, float]]]) -> str:
-    """The table of the probes: top-1 at every validated epoch, and the last one against the base's."""
+def format_probes(results: Mapping[ProbeShape, list[dict[str, float]]],
+                  at_base: Mapping[ProbeShape, float] | None = None) -> str:
+    """The table of the probes: top-1 at every validated epoch, the last one against the base's, and
+    (``at_base``) each probe's final weights validated at the base shape."""
     base = next((curve for shape, curve in results.items() if shape.is_base), None)
     epochs = sorted({p['epoch'] for curve in results.values() for p in curve})
     lines = ['T x S (interval)'.ljust(28) + ''.join(f'ep {e:<5}' for e in epochs) + 'last vs base']
@@ -148,5 +173,7 @@ def format_probes(results: Mapping[ProbeShape, list[dict[str, float]]]) -> str:
             f'{100 * top1[e]:5.1f}%  ' if e in top1 else '   -    ' for e in epochs)
         if base and curve and not shape.is_base:
             row += f'{100 * (curve[-1]["top1"] - base[-1]["top1"]):+.1f} points'
+        if at_base and shape in at_base:
+            row += f'; at the base shape {100 * at_base[shape]:.1f}%'
         lines.append(row)
     return '\n'.join(lines)

@@ -6,6 +6,8 @@ import json
 import sys
 from pathlib import Path
 
+from mmengine.config import Config
+
 from mmmultigrid.data.synthetic_videos import SyntheticDataset
 from runs import run, write_tiny_multigrid_config
 
@@ -22,12 +24,20 @@ def test_probes_train_and_report(tmp_path: Path, synthetic_dataset: SyntheticDat
     for probe in result['probes']:
         (point, ) = probe['validation_curve']
         assert point['epoch'] == 1 and 0 <= point['top1'] <= 1
+    # the 4 x 24 probe's final weights validated at the base shape (8 x 32) by tools/test.py
+    assert 0 <= result['probes'][0]['top1_at_base'] <= 1 and result['probes'][1]['top1_at_base'] is None
+    at_base = (work / 'T4_I4_S24' / 'at_base.log').read_text()
+    test_cfg = Config.fromfile(work / 'T4_I4_S24' / 'at_base.py')
+    frames = next(t for t in test_cfg.test_dataloader.dataset.pipeline if t['type'] == 'SampleFrames')
+    assert (frames['clip_len'], frames['frame_interval']) == (8, 2)
+    assert 'Epoch(test) [' in at_base and 'acc/top1' in at_base
     # each probe trained the plain baseline at its shape: no multigrid in its log
     log = (work / 'T4_I4_S24' / 'train.log').read_text()
     assert 'MultigridHook' not in log and 'Epoch(train) [1][24/24]' in log
     table = proc.stdout.splitlines()[-3:]
     assert table[0].startswith('T x S (interval)') and table[1].startswith('4 x 24 (interval 4)')
-    assert table[1].endswith('points') and table[2].startswith('8 x 32 (interval 2) (base)')
+    assert table[1].endswith('%') and '; at the base shape ' in table[1]
+    assert table[2].startswith('8 x 32 (interval 2) (base)')
 
     # --resume keeps both finished probes; another seed is another probe and trains again
     proc = run([sys.executable, 'tools/shape_probe.py', str(config), '--epochs', '1', '--shapes', '4x24',
