@@ -35,9 +35,9 @@ from mmengine.config import Config, DictAction  # noqa: E402
 
 from mmmultigrid.baseline import load_config, plan_from_config, train_transforms  # noqa: E402
 from mmmultigrid.data.pipeline import describe_pipeline  # noqa: E402
+from mmmultigrid.engine.run_scalars import latest_test_metrics  # noqa: E402
 from mmmultigrid.engine.shape_probe import (format_probes, long_cycle_shapes, parse_shape,  # noqa: E402
-                                            probe_config, read_test_top1, transfer_config,
-                                            validation_curve)
+                                            probe_config, transfer_config, validation_curve)
 
 TRAIN = Path(__file__).resolve().parent / 'train.py'
 TEST = Path(__file__).resolve().parent / 'test.py'
@@ -79,22 +79,23 @@ def top1_at_base(base_probe: Config, work_dir: Path, epochs: int) -> float:
     transfer_config(base_probe, work_dir / f'epoch_{epochs}.pth').dump(config)
     run_tool(TEST, [str(config), str(work_dir / f'epoch_{epochs}.pth'), '--work-dir',
                     str(work_dir / 'at_base')], work_dir / 'at_base.log')
-    return read_test_top1(work_dir / 'at_base')
+    return float(latest_test_metrics(work_dir / 'at_base')['acc/top1'])
 
 
-def finished(config: Path, probe: Config, epochs: int) -> bool:
-    """Whether ``config``, as ``tools/train.py`` dumped it (with its ``launcher`` and ``work_dir``), is
-    ``probe`` and its latest run validated its last epoch."""
+def finished_curve(config: Path, probe: Config, epochs: int) -> list[dict[str, float]] | None:
+    """The validation curve of the run in ``config``'s folder if ``config``, as ``tools/train.py``
+    dumped it (with its ``launcher`` and ``work_dir``), is ``probe`` and that run validated its last
+    epoch; else None."""
     if not config.is_file():
-        return False
+        return None
     ran = {k: v for k, v in Config.fromfile(config).to_dict().items() if k not in ('launcher', 'work_dir')}
     if Config(ran).pretty_text != Config(probe.to_dict()).pretty_text:
-        return False
+        return None
     try:
         curve = validation_curve(config.parent)
     except FileNotFoundError:
-        return False
-    return bool(curve) and curve[-1]['epoch'] == epochs
+        return None
+    return curve if curve and curve[-1]['epoch'] == epochs else None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -118,9 +119,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         work_dir = args.work_dir / shape.name
         work_dir.mkdir(parents=True, exist_ok=True)
         config = work_dir / 'probe.py'
-        if args.resume and finished(config, probe, args.epochs):
+        kept = finished_curve(config, probe, args.epochs) if args.resume else None
+        if kept is not None:
             print(f'probe {shape}: kept, {work_dir} holds its finished run', flush=True)
-            curves[shape] = validation_curve(work_dir)
+            curves[shape] = kept
             continue
         probe.dump(config)
         print(f'probe {shape}: {config}', flush=True)

@@ -19,7 +19,6 @@ Each probe config is the user's config with:
 from __future__ import annotations
 
 import copy
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
@@ -142,15 +141,6 @@ def transfer_config(base_probe: Config, checkpoint: Path) -> Config:
     cfg.test_cfg = dict(type='TestLoop')
     cfg.load_from = str(checkpoint)
     return cfg
-
-
-def read_test_top1(work_dir: Path) -> float:
-    """top-1 of the latest ``tools/test.py`` run under ``work_dir`` (the metrics mmengine's LoggerHook
-    writes to ``<timestamp>/<timestamp>.json``)."""
-    runs = sorted(Path(work_dir).glob('*/*.json'), key=lambda p: p.stat().st_mtime)
-    if not runs:
-        raise FileNotFoundError(f'no */<timestamp>.json under {work_dir}: the test did not run')
-    return float(json.loads(runs[-1].read_text())['acc/top1'])
 
 
 def validation_curve(work_dir: Path) -> list[dict[str, float]]:

@@ -1,4 +1,5 @@
-"""latest_scalars: the rows of the newest run's scalars.json, and a clear error when there is none."""
+"""latest_scalars and latest_test_metrics: the newest run's logged rows or test metrics, and a clear
+error when there is none."""
 from __future__ import annotations
 
 import json
@@ -7,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from mmmultigrid.engine.run_scalars import latest_scalars
+from mmmultigrid.engine.run_scalars import latest_scalars, latest_test_metrics
 
 
 def write_run(work_dir: Path, stamp: str, rows: list[dict], mtime: float) -> None:
@@ -29,3 +30,12 @@ def test_no_run(tmp_path: Path) -> None:
     (tmp_path / '20261202_120000').mkdir()
     with pytest.raises(FileNotFoundError, match=f'no \\*/vis_data/scalars.json under {tmp_path}'):
         latest_scalars(tmp_path)
+
+
+def test_latest_test_metrics(tmp_path: Path) -> None:
+    """The metrics tools/test.py's LoggerHook wrote to <timestamp>/<timestamp>.json."""
+    (tmp_path / '20261202_000000').mkdir()
+    (tmp_path / '20261202_000000' / '20261202_000000.json').write_text(json.dumps({'acc/top1': 0.4}))
+    assert latest_test_metrics(tmp_path)['acc/top1'] == 0.4
+    with pytest.raises(FileNotFoundError, match='the test did not run'):
+        latest_test_metrics(tmp_path / 'missing')

@@ -11,8 +11,7 @@ from mmmultigrid.baseline import plan_from_config, train_transforms
 from mmmultigrid.data.pipeline import describe_pipeline
 from mmmultigrid.data.synthetic_videos import SyntheticDataset
 from mmmultigrid.engine.shape_probe import (ProbeShape, format_probes, long_cycle_shapes, parse_shape,
-                                            probe_config, probe_schedule, read_test_top1, transfer_config,
-                                            validation_curve)
+                                            probe_config, probe_schedule, transfer_config, validation_curve)
 from runs import write_tiny_multigrid_config
 
 
@@ -115,15 +114,9 @@ def test_validation_curve_and_table(tmp_path: Path) -> None:
 
 
 def test_transfer_config_tests_at_the_base_shape(tiny: Config, tmp_path: Path) -> None:
-    """The base probe's validation set and pipeline become the test's, with the checkpoint loaded;
-    read_read_test_top1 reads the metrics tools/test.py's LoggerHook wrote."""
+    """The base probe's validation set and pipeline become the test's, with the checkpoint loaded."""
     base = probe_config(tiny, long_cycle_shapes(plan_from_config(tiny, 1), describe_pipeline(
         train_transforms(tiny), 'train'))[-1], 2)
     cfg = transfer_config(base, tmp_path / 'epoch_2.pth')
     assert cfg.test_dataloader == base.val_dataloader and cfg.test_evaluator == base.val_evaluator
     assert cfg.load_from == str(tmp_path / 'epoch_2.pth') and base.get('load_from') is None
-    (tmp_path / '20261202_000000').mkdir()
-    (tmp_path / '20261202_000000' / '20261202_000000.json').write_text(json.dumps({'acc/top1': 0.4}))
-    assert read_test_top1(tmp_path) == 0.4
-    with pytest.raises(FileNotFoundError, match='the test did not run'):
-        read_test_top1(tmp_path / 'missing')
