@@ -12,7 +12,9 @@ Time does not depend on the machine's load: ``--calibrate`` times training itera
 shape of every variant and at the base shape (:mod:`mmmultigrid.engine.step_time`, the preset's torch threads,
 on a quiet machine), and stores the seconds with the machine's description in the JSON. Each run records
 its iterations per shape and epoch; its ``modeled_time_s`` (and that of every validation point) is their
-sum times the calibrated seconds. Its measured ``wall_clock_s`` is kept beside it.
+sum times the calibrated seconds, plus, with ``precise_bn``, the batches of BN statistics recomputed
+before each validation so far times the calibrated seconds of that forward pass at the base shape. Its
+measured ``wall_clock_s`` is kept beside it.
 
 The JSON is written after every run (``--commit``: committed to git after every completed length and
 seed), so a sweep that stops keeps what it measured and ``--resume`` runs only what is missing: a run of
@@ -210,7 +212,7 @@ def calibrate(preset: dict[str, Any], data: dict[str, Any], variants: list[dict[
     import torch
 
     from mmmultigrid.models.batchnorm import use_grouped_batchnorm
-    from mmmultigrid.engine.step_time import build_trainable, time_train_steps
+    from mmmultigrid.engine.step_time import build_trainable, time_precise_bn_steps, time_train_steps
     shapes = calibration_shapes(preset, data, variants)
     cfg, _ = run_config('multigrid', preset, data, 0, 1)
     threads = torch.get_num_threads()
@@ -222,19 +224,23 @@ def calibrate(preset: dict[str, Any], data: dict[str, Any], variants: list[dict[
         model, optim_wrapper, num_classes = build_trainable(cfg, torch.device('cpu'))
         use_grouped_batchnorm(model, plan_from_config(cfg, 1).options.bn_base_size)
         times, _ = time_train_steps(model, optim_wrapper, shapes, num_classes, steps, restore=False)
+        precise_bn = time_precise_bn_steps(model, shapes[0], num_classes, steps)
     finally:
         torch.set_num_threads(threads)
     return dict(machine=speedup.machine(), date=time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime()),
                 load_average_before=load_before, load_average_after=os.getloadavg(),
                 threads=preset['threads'], steps=steps, seconds_taken=time.perf_counter() - start,
                 seconds={shape_key(s): statistics.median(t) for s, t in zip(shapes, times)},
-                samples={shape_key(s): t for s, t in zip(shapes, times)})
+                samples={shape_key(s): t for s, t in zip(shapes, times)},
+                precise_bn_seconds={shape_key(shapes[0]): statistics.median(precise_bn)})
 
 
 def add_modeled_time(run: dict[str, Any], calibration: dict[str, Any] | None, base: str) -> None:
     """Set ``modeled_time_s`` of the run and of its validation points from its iterations per shape
-    and epoch, or None where a shape has no calibrated time."""
+    and epoch, plus the precise-BN batches (base-shape forward passes) recomputed before each
+    validation so far; None where a shape has no calibrated time."""
     seconds = (calibration or {}).get('seconds', {})
+    bn_seconds = (calibration or {}).get('precise_bn_seconds', {})
     elapsed, at_epoch, missing = 0.0, {}, set()
     for epoch, counts in sorted(run['epoch_iterations_per_shape'].items(), key=lambda e: int(e[0])):
         for shape, n in counts.items():
@@ -244,9 +250,19 @@ def add_modeled_time(run: dict[str, Any], calibration: dict[str, Any] | None, ba
             else:
                 missing.add(key)
         at_epoch[int(epoch)] = elapsed
-    run['modeled_time_s'] = None if missing else elapsed
-    for point in run['validation_curve']:
-        point['modeled_time_s'] = None if missing else at_epoch[point['epoch']]
+    precise_bn = 0.0
+    for point in sorted(run['validation_curve'], key=lambda p: p['epoch']):
+        if point.get('precise_bn_batches'):
+            if base in bn_seconds:
+                precise_bn += point['precise_bn_batches'] * bn_seconds[base]
+            else:
+                missing.add(f'precise BN at {base}')
+        point['modeled_time_s'] = at_epoch[point['epoch']] + precise_bn
+    run['modeled_time_s'] = elapsed + precise_bn
+    if missing:
+        run['modeled_time_s'] = None
+        for point in run['validation_curve']:
+            point['modeled_time_s'] = None
 
 
 def time_basis(runs: list[dict[str, Any]]) -> str:

@@ -248,7 +248,9 @@ def summarize(run: str, work_dir: Path, process_s: float) -> dict[str, Any]:
         wait[shape][0] += row['data_time']
         wait[shape][1] += row['time']
         epoch_shapes[row['epoch']][shape] += 1
-    curve = [dict(epoch=r['step'], wall_clock_s=epoch_end_time[r['step']], top1=r['acc/top1'])
+    # precise_bn_batches: the BN statistics recomputed before this validation (MultigridHook)
+    curve = [dict(epoch=r['step'], wall_clock_s=epoch_end_time[r['step']], top1=r['acc/top1'],
+                  **{k: r[k] for k in ('precise_bn_batches', ) if k in r})
              for r in val_rows]
     return dict(
         wall_clock_s=elapsed, iterations=len(train_rows), top1=val_rows[-1]['acc/top1'],

@@ -5,10 +5,11 @@ between grid shapes (kernels at small crops and large batches are less efficient
 :func:`time_train_steps` times forward + backward + optimizer step of the per-GPU batch at each shape on
 the model's device, in the optimizer wrapper's context (autocast with ``AmpOptimWrapper``, as in
 training), on random inputs; the shapes are timed round-robin so that load from other processes falls on
-all of them alike, and the model's and optimizer's state are restored afterwards. :func:`measure_plan`
-times the plan's grid shapes and the base shape, :func:`predicted_seconds` multiplies each shape's
-iterations by its median time, and :func:`format_step_times` tabulates both with the predicted speed-up
-next to the iteration ratio. The loader is assumed to keep up (``loader_check`` tells whether it does).
+all of them alike, and the model's and optimizer's state are restored afterwards.
+:func:`time_precise_bn_steps` times precise BN's forward pass (no backward). :func:`measure_plan` times
+the plan's grid shapes and the base shape, :func:`predicted_seconds` multiplies each shape's iterations
+by its median time, and :func:`format_step_times` tabulates both with the predicted speed-up next to the
+iteration ratio. The loader is assumed to keep up (``loader_check`` tells whether it does).
 """
 from __future__ import annotations
 
@@ -139,6 +140,33 @@ def time_train_steps(model: torch.nn.Module, optim_wrapper: OptimWrapper,
             model.load_state_dict(saved[0])
             optim_wrapper.load_state_dict(saved[1])
     return times, peaks
+
+
+def time_precise_bn_steps(model: torch.nn.Module, shape: GridShape, num_classes: int, steps: int,
+                          warmup: int = 1) -> list[float]:
+    """Seconds of each timed precise-BN batch at ``shape``: the training forward without gradients, as
+    :func:`~mmmultigrid.models.precise_bn.update_bn_stats` runs it (BN layers updating their statistics,
+    no backward). The model's state and mode are put back afterwards."""
+    if steps < 1 or warmup < 0:
+        raise ValueError(f'need steps >= 1 and warmup >= 0, got steps={steps}, warmup={warmup}')
+    saved, training = copy.deepcopy(model.state_dict()), model.training
+    batch = random_batch(model, shape, num_classes)
+    device = batch[0].device
+    model.train()
+    times = []
+    try:
+        with torch.no_grad():
+            for round_ in range(warmup + steps):
+                sync(device)
+                start = time.perf_counter()
+                model(*batch, mode='loss')
+                sync(device)
+                if round_ >= warmup:
+                    times.append(time.perf_counter() - start)
+    finally:
+        model.train(training)
+        model.load_state_dict(saved)
+    return times
 
 
 def plan_shapes(plan: MultigridPlan) -> list[GridShape]:

@@ -137,6 +137,19 @@ def test_modeled_time_is_iterations_times_calibrated_seconds() -> None:
     assert run['modeled_time_s'] is None and run['validation_curve'][0]['modeled_time_s'] is None
 
 
+def test_modeled_time_counts_precise_bn_before_each_validation() -> None:
+    run = dict(epoch_iterations_per_shape={'1': {'8x4x40': 3}, '2': {'base': 4}},
+               validation_curve=[dict(epoch=1, top1=0.1, precise_bn_batches=5),
+                                 dict(epoch=2, top1=0.2, precise_bn_batches=5)])
+    calibration = dict(seconds={'8x4x40': 1.0, '4x16x80': 2.0}, precise_bn_seconds={'4x16x80': 0.5})
+    budget_sweep.add_modeled_time(run, calibration, '4x16x80')
+    assert [p['modeled_time_s'] for p in run['validation_curve']] == [3 + 2.5, 3 + 8 + 5]
+    assert run['modeled_time_s'] == 3 + 8 + 5
+    # a calibration made before precise BN was timed cannot model the run
+    budget_sweep.add_modeled_time(run, dict(seconds=calibration['seconds']), '4x16x80')
+    assert run['modeled_time_s'] is None and run['validation_curve'][1]['modeled_time_s'] is None
+
+
 def tiny_sweep(tmp_path: Path, *args: str) -> tuple[subprocess.CompletedProcess, dict]:
     """budget_sweep.py on a 2-class, 16-clip set with a 2-channel model, no extra seed; its output
     and JSON."""
@@ -164,6 +177,7 @@ def test_tiny_sweep_calibrates_and_resumes(tmp_path: Path) -> None:
     seconds = first['calibration']['seconds']
     assert list(seconds)[0] == '1x8x32' and len(seconds) == 8 and all(v > 0 for v in seconds.values())
     assert first['calibration']['machine']['cpus'] >= 1
+    assert list(first['calibration']['precise_bn_seconds']) == ['1x8x32']
     proc, result = tiny_sweep(tmp_path, '--lengths', '1', '2', '--validations', '2', '--resume',
                               '--jobs', '2')
     assert '2 runs kept' in proc.stdout and 'training baseline_x1' not in proc.stdout

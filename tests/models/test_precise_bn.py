@@ -12,6 +12,7 @@ from torch import nn
 from gloo import run_on_ranks
 from mmmultigrid.models.batchnorm import use_grouped_batchnorm
 from mmmultigrid.engine.hooks.multigrid_hook import MultigridHook
+from mmmultigrid.engine.run_scalars import latest_scalars
 from mmmultigrid.models.precise_bn import update_bn_stats
 from mmmultigrid.data.synthetic_videos import SyntheticDataset
 from runs import free_port, run, train, write_tiny_multigrid_config
@@ -128,6 +129,8 @@ def test_training_recomputes_before_each_validation(synthetic_dataset: Synthetic
     assert log.count('precise BN: running statistics of 20 BN layers recomputed from 2 batches of '
                      '1 x 8 x 32px per GPU, averaged over 1 GPU(s)') == 3
     assert 'batch norm groups: batch 16: 2 groups of 8 in each process; batch 8: one group of 8' in log
+    validations = [r for r in latest_scalars(tmp_path / 'work') if 'acc/top1' in r]
+    assert [(r['step'], r['precise_bn_batches']) for r in validations] == [(2, 2), (4, 2), (6, 2)]
 
 
 def test_two_processes_with_groups_across_ranks(two_rank_dataset: SyntheticDataset,

@@ -58,7 +58,8 @@ class MultigridHook(Hook):
             cycle_milestones: The method's options, see :class:`~mmmultigrid.plan.MultigridOptions`.
         grouped_bn: Compute BN statistics over groups of ``bn_base_size`` clips.
         precise_bn: Batches (at the base shape) from which BN statistics are recomputed after each
-            epoch that a validation follows and after the last; 0 turns it off.
+            epoch that a validation follows and after the last; 0 turns it off. The number used is
+            logged with the validation's metrics as ``precise_bn_batches``.
         preflight: Check every grid shape against the model and data before the first iteration.
         loader_check: Clips loaded per grid shape at start-up to log the loader's cost per shape (with
             a warning where it will not keep up); and, when not 0, the data wait of the first
@@ -222,6 +223,8 @@ class MultigridHook(Hook):
         layers, count = update_bn_stats(
             model, loader, lambda batch: model._run_forward(model.data_preprocessor(batch, False),
                                                             mode='loss'))
+        # logged with the next validation's metrics, so that a run's record says what it cost
+        runner.message_hub.update_scalar('val/precise_bn_batches', count)
         print_log(f'MultigridHook: precise BN: running statistics of {len(layers)} BN layers '
                   f'recomputed from {count} batches of {shape.batch_size} x {shape.clip_len} x '
                   f'{shape.crop_size}px per GPU, averaged over {get_world_size()} GPU(s) '
