@@ -16,8 +16,9 @@ from mmmultigrid.data.rawframes import ScaledRawFrameDecode  # noqa: E402
 from mmmultigrid.data.sampler import GridIndex, MultigridSampler  # noqa: E402
 from mmmultigrid.models.batchnorm import GroupedBatchNorm3d, use_grouped_batchnorm  # noqa: E402
 from mmmultigrid.engine.hooks.multigrid_hook import MultigridHook  # noqa: E402
+from mmmultigrid.engine.hooks.precise_bn_test_hook import PreciseBNTestHook  # noqa: E402
 
 __version__ = '0.1.0'
 __all__ = ['BaseShape', 'GridIndex', 'GridShape', 'GroupedBatchNorm3d', 'MultigridHook',
-           'MultigridOptions', 'MultigridPlan', 'MultigridSampler', 'ScaledRawFrameDecode',
-           'ShapeVaryingPipeline', 'build_plan', 'use_grouped_batchnorm']
+           'MultigridOptions', 'MultigridPlan', 'MultigridSampler', 'PreciseBNTestHook',
+           'ScaledRawFrameDecode', 'ShapeVaryingPipeline', 'build_plan', 'use_grouped_batchnorm']

@@ -15,6 +15,9 @@ Examples::
     python tools/shape_probe.py CONFIG --dry-run      # the shapes and the probe configs, no training
     python tools/shape_probe.py CONFIG --epochs 12 --resume  # keep the probes that already finished
 
+Each probe's final weights are also tested at the base shape, with BN statistics recomputed there from
+``--precise-bn`` training batches (``top1_at_base``): what its shape taught that the base shape can use.
+
 Results: ``WORK_DIR/shape_probe.json`` (shapes, validation curves) and each probe's work dir
 ``WORK_DIR/T<T>_I<I>_S<S>``. Config errors print ``error: ...`` and exit with status 2.
 """
@@ -51,6 +54,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help="probe these shapes (and the base shape) instead of the plan's long cycle")
     parser.add_argument('--work-dir', type=Path, default=Path('work_dirs') / 'shape_probe')
     parser.add_argument('--seed', type=int, default=0, help='training seed of every probe')
+    parser.add_argument('--precise-bn', type=int, default=32, metavar='BATCHES',
+                        help='training batches at the base shape from which BN statistics are '
+                        "recomputed before a probe's weights are tested there")
     parser.add_argument(
         '--cfg-options', nargs='+', action=DictAction,
         help='override config settings, xxx=yyy pairs merged into the config')
@@ -62,6 +68,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.epochs < 1:
         parser.error(f'--epochs must be >= 1, got {args.epochs}')
+    if args.precise_bn < 1:
+        parser.error(f'--precise-bn must be >= 1, got {args.precise_bn}')
     return args
 
 
@@ -73,10 +81,11 @@ def run_tool(tool: Path, args: list[str], log_path: Path) -> None:
                          f'{proc.returncode}); its log: {log_path}')
 
 
-def top1_at_base(base_probe: Config, work_dir: Path, epochs: int) -> float:
-    """The probe's final checkpoint validated at the base shape (``tools/test.py``)."""
+def top1_at_base(base_probe: Config, work_dir: Path, epochs: int, precise_bn: int) -> float:
+    """The probe's final checkpoint validated at the base shape (``tools/test.py``), BN statistics
+    recomputed there from ``precise_bn`` training batches."""
     config = work_dir / 'at_base.py'
-    transfer_config(base_probe, work_dir / f'epoch_{epochs}.pth').dump(config)
+    transfer_config(base_probe, work_dir / f'epoch_{epochs}.pth', precise_bn).dump(config)
     run_tool(TEST, [str(config), str(work_dir / f'epoch_{epochs}.pth'), '--work-dir',
                     str(work_dir / 'at_base')], work_dir / 'at_base.log')
     return float(latest_test_metrics(work_dir / 'at_base')['acc/top1'])
@@ -132,10 +141,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.dry_run:
         return 0
     base_shape = next(s for s in configs if s.is_base)
-    at_base = {shape: top1_at_base(configs[base_shape], args.work_dir / shape.name, args.epochs)
+    at_base = {shape: top1_at_base(configs[base_shape], args.work_dir / shape.name, args.epochs,
+                                   args.precise_bn)
                for shape in curves if not shape.is_base}
     (args.work_dir / 'shape_probe.json').write_text(json.dumps(dict(
-        config=str(args.config), epochs=args.epochs, seed=args.seed,
+        config=str(args.config), epochs=args.epochs, seed=args.seed, precise_bn=args.precise_bn,
         probes=[dict(clip_len=s.clip_len, frame_interval=s.frame_interval, crop_size=s.crop_size,
                      base=s.is_base, validation_curve=c, top1_at_base=at_base.get(s))
                 for s, c in curves.items()]), indent=2) + '\n')

@@ -131,15 +131,19 @@ def probe_config(cfg: Config, shape: ProbeShape, epochs: int) -> Config:
     return probe
 
 
-def transfer_config(base_probe: Config, checkpoint: Path) -> Config:
+def transfer_config(base_probe: Config, checkpoint: Path, precise_bn: int) -> Config:
     """The base shape's probe config set up to test ``checkpoint`` on its validation set: how much of
     what a probe learnt at its own shape carries over to the base shape, at which multigrid's run ends
-    and is validated."""
+    and is validated. BN statistics are first recomputed from ``precise_bn`` training batches at the
+    base shape (``PreciseBNTestHook``), as a multigrid run with ``precise_bn`` does before validating:
+    the probe's own statistics are those of its shape."""
     cfg = copy.deepcopy(base_probe)
     cfg.test_dataloader = copy.deepcopy(cfg.val_dataloader)
     cfg.test_evaluator = copy.deepcopy(cfg.val_evaluator)
     cfg.test_cfg = dict(type='TestLoop')
     cfg.load_from = str(checkpoint)
+    cfg.custom_hooks = list(cfg.get('custom_hooks') or []) + [
+        dict(type='PreciseBNTestHook', num_batches=precise_bn)]
     return cfg
 
 

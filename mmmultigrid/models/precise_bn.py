@@ -14,6 +14,7 @@ from typing import Callable, Iterable, TypeVar
 
 import torch
 from mmengine.dist import all_reduce_params
+from mmengine.model import is_model_wrapper
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.utils.data import DataLoader
@@ -66,6 +67,16 @@ def update_bn_stats(model: nn.Module, batches: Iterable[Batch],
             module.training = training
     all_reduce_params([t for bn in layers for t in (bn.running_mean, bn.running_var)], op='mean')
     return layers, count
+
+
+def recompute_from_training_forward(model: nn.Module, batches: Iterable[dict]
+                                    ) -> tuple[list[_BatchNorm], int]:
+    """:func:`update_bn_stats` with the model's training forward (mode ``loss``) on ``batches`` of a
+    train loader, through its data preprocessor but without batch blending (mixup/cutmix); ``model``
+    may be wrapped (DDP)."""
+    model = model.module if is_model_wrapper(model) else model
+    return update_bn_stats(model, batches, lambda batch: model._run_forward(
+        model.data_preprocessor(batch, False), mode='loss'))
 
 
 def grid_loader(loader: DataLoader, indices: Iterable[int], shape: GridShape,

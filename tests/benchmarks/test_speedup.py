@@ -93,14 +93,15 @@ def test_summarize_reads_time_data_wait_and_accuracy(tmp_path: Path) -> None:
             {'acc/top1': 0.25, 'step': 1},
             dict(epoch=2, iter=3, time=1.0, data_time=0.25, loss=1, batch_size=16, clip_len=4,
                  crop_size=32),
-            {'acc/top1': 0.5, 'step': 2}]
+            {'acc/top1': 0.5, 'step': 2, 'precise_bn_batches': 3}]
     path = tmp_path / '20260101_000000' / 'vis_data' / 'scalars.json'
     path.parent.mkdir(parents=True)
     path.write_text('\n'.join(json.dumps(r) for r in rows))
     result = speedup.summarize('multigrid', tmp_path, process_s=9.0)
     assert result['wall_clock_s'] == 4.0 and result['iterations'] == 3 and result['top1'] == 0.5
     assert result['validation_curve'] == [dict(epoch=1, wall_clock_s=3.0, top1=0.25),
-                                          dict(epoch=2, wall_clock_s=4.0, top1=0.5)]
+                                          dict(epoch=2, wall_clock_s=4.0, top1=0.5,
+                                               precise_bn_batches=3)]
     assert result['data_wait_share'] == pytest.approx(0.75 / 4.0)
     assert result['data_wait_share_per_shape'] == {'16x4x32': pytest.approx(0.75 / 3.0),
                                                    '8x4x45': 0.0}

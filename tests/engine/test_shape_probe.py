@@ -114,9 +114,12 @@ def test_validation_curve_and_table(tmp_path: Path) -> None:
 
 
 def test_transfer_config_tests_at_the_base_shape(tiny: Config, tmp_path: Path) -> None:
-    """The base probe's validation set and pipeline become the test's, with the checkpoint loaded."""
+    """The base probe's validation set and pipeline become the test's, with the checkpoint loaded and
+    BN statistics recomputed from the base probe's training batches first."""
     base = probe_config(tiny, long_cycle_shapes(plan_from_config(tiny, 1), describe_pipeline(
         train_transforms(tiny), 'train'))[-1], 2)
-    cfg = transfer_config(base, tmp_path / 'epoch_2.pth')
+    cfg = transfer_config(base, tmp_path / 'epoch_2.pth', 16)
     assert cfg.test_dataloader == base.val_dataloader and cfg.test_evaluator == base.val_evaluator
     assert cfg.load_from == str(tmp_path / 'epoch_2.pth') and base.get('load_from') is None
+    assert cfg.custom_hooks[-1] == dict(type='PreciseBNTestHook', num_batches=16)
+    assert cfg.train_dataloader == base.train_dataloader and not base.get('custom_hooks')

@@ -122,7 +122,7 @@ def test_training_recomputes_before_each_validation(synthetic_dataset: Synthetic
     proc = train(config, tmp_path / 'work')
     log = proc.stdout + proc.stderr
     events = re.findall(r'MultigridHook: (precise BN): .*|Saving checkpoint at (\d+) epochs|'
-                        r'Epoch\(val\) \[(\d+)\]\[\d+/\d+\] +acc/top1', log)
+                        r'Epoch\(val\) \[(\d+)\]\[\d+/\d+\] .*acc/top1', log)
     # Before the checkpoint and the validation of epochs 2, 4 and 6 (the last) only.
     assert [next(e for e in groups if e) for groups in events] == [
         '1', 'precise BN', '2', '2', '3', 'precise BN', '4', '4', '5', 'precise BN', '6', '6']

@@ -40,7 +40,7 @@ from mmmultigrid.data.loader_check import LoaderWatch
 from mmmultigrid.plan import DEFAULT_LONG_CYCLE_FACTORS, DEFAULT_SHORT_CYCLE_FACTORS, GridShape, \
     MultigridOptions, MultigridPlan
 from mmmultigrid.data.pipeline import ShapeVaryingPipeline
-from mmmultigrid.models.precise_bn import grid_loader, update_bn_stats
+from mmmultigrid.models.precise_bn import grid_loader, recompute_from_training_forward
 from mmmultigrid.engine.preflight import run_preflight
 from mmmultigrid.report import format_plan
 from mmmultigrid.data.sampler import MultigridSampler
@@ -217,12 +217,8 @@ class MultigridHook(Hook):
         shape = self.plan.segments[-1].long_shape
         num_batches = min(self.precise_bn, self.sampler.samples_per_rank // shape.batch_size)
         loader = grid_loader(runner.train_dataloader, self.sampler.sampler, shape, num_batches)
-        model = runner.model.module if is_model_wrapper(runner.model) else runner.model
         start = time.perf_counter()
-        # The training forward (mode 'loss'), but without batch blending (mixup/cutmix).
-        layers, count = update_bn_stats(
-            model, loader, lambda batch: model._run_forward(model.data_preprocessor(batch, False),
-                                                            mode='loss'))
+        layers, count = recompute_from_training_forward(runner.model, loader)
         # logged with the next validation's metrics, so that a run's record says what it cost
         runner.message_hub.update_scalar('val/precise_bn_batches', count)
         print_log(f'MultigridHook: precise BN: running statistics of {len(layers)} BN layers '
