@@ -1,17 +1,18 @@
 #!/usr/bin/env bash
 # Issue 18's sweep on the `default` preset, in the order its answers are needed: lengths 1-8x (two seeds
-# at 8x), the grid without the T/4 shapes and the grid with T/2 at S/2 first at 8x, then 16x and those
-# grids at 16x (two seeds wherever a length is run alone). Every invocation resumes
-# (runs already in OUT are kept) and commits OUT after every completed length and seed, so this script
-# can stop at any point and be started again, here or on another machine, to continue.
+# at 8x); then multigrid with precise BN (BN statistics recomputed at the base shape before each
+# validation, as the reference recipe does; the weights are those of the same run without it), the
+# default grid and the two others at 8x; then 16x, the baseline and the three grids (two seeds wherever a
+# length is run alone). Every invocation resumes (runs already in OUT are kept) and commits OUT after
+# every completed length and seed, so this script can stop at any point and be started again, here or on
+# another machine, to continue.
 #
 #   bash benchmarks/accuracy_sweep_cpu.sh          # JOBS=2: two runs train at once (accuracy only)
 #
 # OUT, WORK_DIR and SYNTHETIC_ROOT default to the repository's; set them to run from another checkout
 # (e.g. a worktree pinned at one commit) while the results are committed in this one. Modeled time uses
-# the calibration already in OUT (made on a quiet machine); the T/4-free grid's shapes are a subset of
-# the default grid's, and the T/2-at-S/2 grid's are among the calibrated shapes too, so neither needs a new
-# calibration.
+# the calibration already in OUT (made on a quiet machine, precise BN's forward pass included); every
+# grid's shapes are among the default grid's, so none needs a new calibration.
 set -euo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -26,9 +27,11 @@ COMMON=(--validations 12 --extra-seeds 1 --resume --commit --jobs "${JOBS:-2}" -
 cd "$REPO"
 
 sweep() { "$PY" -W ignore benchmarks/budget_sweep.py "${COMMON[@]}" "$@"; }
+PRECISE_BN=precise_bn=32
 sweep --lengths 1 2 4 8 --seed-lengths 8
-sweep --lengths 8 --methods multigrid --hook-option "$NO_T4_GRID"
-sweep --lengths 8 --methods multigrid --hook-option "$T2_S2_GRID"
-sweep --lengths 1 2 4 8 16 --seed-lengths 8 16
-sweep --lengths 8 16 --methods multigrid --hook-option "$NO_T4_GRID"
-sweep --lengths 8 16 --methods multigrid --hook-option "$T2_S2_GRID"
+sweep --lengths 8 --methods multigrid --hook-option "$PRECISE_BN"
+sweep --lengths 8 --methods multigrid --hook-option "$PRECISE_BN" "$T2_S2_GRID"
+sweep --lengths 8 --methods multigrid --hook-option "$PRECISE_BN" "$NO_T4_GRID"
+sweep --lengths 16 --seed-lengths 16 --hook-option "$PRECISE_BN"
+sweep --lengths 16 --seed-lengths 16 --methods multigrid --hook-option "$PRECISE_BN" "$T2_S2_GRID"
+sweep --lengths 16 --seed-lengths 16 --methods multigrid --hook-option "$PRECISE_BN" "$NO_T4_GRID"
