@@ -3,7 +3,7 @@
 Weights trained at one shape and tested at another keep the BN running statistics of the shape they
 were trained at; the activations of the other shape can have other means and variances, and the test
 then measures the mismatch rather than the weights (a shape probe at 4 frames: 6.5% at the base shape
-with its own statistics, 36.6% with statistics recomputed there; benchmarks/RESULTS.md). This hook
+with its own statistics, 36.3% with statistics recomputed there; benchmarks/RESULTS.md). This hook
 recomputes them (:func:`~mmmultigrid.models.precise_bn.update_bn_stats`) from ``num_batches`` batches
 of the config's ``train_dataloader`` after the checkpoint is loaded, as ``MultigridHook(precise_bn=N)``
 does before a multigrid run's validations. ``tools/shape_probe.py`` tests each probe's weights at the
@@ -14,9 +14,9 @@ from __future__ import annotations
 import itertools
 import time
 
+from mmaction.registry import HOOKS
 from mmengine.hooks import Hook
 from mmengine.logging import print_log
-from mmengine.registry import HOOKS
 
 from mmmultigrid.models.precise_bn import recompute_from_training_forward
 

@@ -57,3 +57,11 @@ def test_a_config_without_training_data_is_refused() -> None:
 
 def test_repr_shows_the_argument() -> None:
     assert repr(PreciseBNTestHook(8)) == 'PreciseBNTestHook(num_batches=8)'
+
+
+def test_a_config_entry_builds_it() -> None:
+    """custom_hooks=[dict(type='PreciseBNTestHook', ...)] in an mmaction2 config (what the shape probe
+    writes) finds it in mmaction2's hook registry."""
+    from mmaction.registry import HOOKS
+    assert repr(HOOKS.build(dict(type='PreciseBNTestHook', num_batches=4))) == \
+        'PreciseBNTestHook(num_batches=4)'
