@@ -8,7 +8,8 @@ from mmengine.config import Config
 from mmmultigrid.baseline import plan_from_config
 from mmmultigrid.plan import GridShape
 from mmmultigrid.engine.step_time import (StepTimes, base_grid_shape, build_trainable, format_step_times,
-                                   measure_plan, plan_shapes, predicted_seconds, time_train_steps)
+                                   measure_plan, plan_shapes, predicted_seconds, time_precise_bn_steps,
+                                   time_train_steps)
 from runs import REPO
 
 CONFIG = REPO / 'configs' / 'synthetic_r3d_multigrid.py'
@@ -38,6 +39,17 @@ def test_timing_restores_weights_buffers_and_optimizer() -> None:
     # without restore the same steps do train
     time_train_steps(model, optim_wrapper, shapes[:1], num_classes, steps=1, warmup=0, restore=False)
     assert any(not torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_precise_bn_timing_leaves_statistics_and_mode_unchanged() -> None:
+    cfg = tiny_config()
+    model, _, num_classes = build_trainable(cfg, torch.device('cpu'))
+    model.eval()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    times = time_precise_bn_steps(model, GridShape(2, 4, 16), num_classes, steps=3)
+    assert len(times) == 3 and all(t > 0 for t in times) and not model.training
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert all(p.grad is None for p in model.parameters())
 
 
 def test_measure_plan_times_the_base_and_every_grid_shape() -> None:
