@@ -18,7 +18,10 @@ measured ``wall_clock_s`` is kept beside it.
 
 The JSON is written after every run (``--commit``: committed to git after every completed length and
 seed), so a sweep that stops keeps what it measured and ``--resume`` runs only what is missing: a run of
-``--out`` is kept when its variant, length and seed match and the preset's settings are the same.
+``--out`` is kept when its variant, length and seed match and the preset's settings are the same. Every
+run checkpoints each epoch (the last one kept), so ``--resume`` also continues a run that was cut off
+part-way (its config unchanged) from its last epoch; its rows are joined as one run's
+(``resumed_after_epochs`` in its entry), the interrupted epoch counted once.
 
 Reported (``time_to_accuracy``): for the target "converged baseline's top-1 minus 1 point" (the
 baseline's mean at the longest length) and for ``--fixed-target``, the modeled time at which each run's
@@ -80,7 +83,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument('--fixed-target', type=float, default=0.90,
                         help='a second top-1 target (fraction) for time to accuracy')
     parser.add_argument('--resume', action='store_true',
-                        help='keep the matching runs of --out and run only the others')
+                        help='keep the matching runs of --out and run only the others; a run cut '
+                        'off part-way continues from its last epoch checkpoint in --work-dir')
     parser.add_argument('--calibrate', action='store_true',
                         help='time iterations at every grid shape first (on a quiet machine)')
     parser.add_argument('--calibrate-steps', type=int, default=5,
@@ -148,9 +152,11 @@ def run_name(run: dict[str, Any]) -> str:
 def run_config(method: str, preset: dict[str, Any], data: dict[str, Any], seed: int,
                validations: int, hook_options: dict[str, Any] | None = None) -> tuple[Config, int]:
     """(config, epochs) of one run: ``speedup.build_config`` with the seed, the hook options and the
-    validation points; a multigrid run's epochs are those of its plan."""
+    validation points, a checkpoint every epoch (the last one kept: ``--resume`` continues from it); a
+    multigrid run's epochs are those of its plan."""
     cfg = speedup.build_config(method, preset, data)
     cfg.randomness.seed = seed
+    cfg.default_hooks.checkpoint = dict(type='CheckpointHook', interval=1, max_keep_ckpts=1)
     if method == 'multigrid' and hook_options:
         cfg.custom_hooks[0].update(hook_options)
     epochs = (plan_from_config(cfg, 1).max_epochs if method == 'multigrid'
@@ -492,7 +498,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                                  planned['hook_options'])
         name = run_name(planned)
         print(f'training {name} ...', flush=True)
-        result = speedup.train(method, cfg, args.work_dir / name, preset['threads'])
+        result = speedup.train(method, cfg, args.work_dir / name, preset['threads'], args.resume)
         run = dict(method=method, variant=planned['variant'], hook_options=planned['hook_options'],
                    schedule=length, seed=seed, max_epochs=epochs, concurrent_runs=args.jobs, **result)
         add_modeled_time(run, results['calibration'], base)

@@ -33,11 +33,14 @@ from mmmultigrid.baseline import plan_from_config  # noqa: E402
 from mmmultigrid.data.rawframes import copies_for_config, extract_dataset  # noqa: E402
 from mmmultigrid.report import format_plan  # noqa: E402
 from mmmultigrid.data.synthetic_videos import make_dataset  # noqa: E402
-from mmmultigrid.engine.run_scalars import latest_scalars  # noqa: E402
+from mmmultigrid.engine.run_scalars import latest_scalars, resumed_scalars  # noqa: E402
 
 CONFIGS = {'baseline': REPO / 'configs' / 'synthetic_r3d_baseline.py',
            'multigrid': REPO / 'configs' / 'synthetic_r3d_multigrid.py'}
 VALIDATIONS = 4  # per run, at the same fractions of training
+#: In a run's work dir: the config ``train`` started it with and the ``<timestamp>`` log folders that were
+#: there before (another run's).
+RUN_START = 'run_start.json'
 
 #: Dataset, model and schedule of each preset. ``threads`` torch threads train while ``workers``
 #: loader processes decode, so on 2 cores loading overlaps compute as it does on a GPU machine.
@@ -229,14 +232,31 @@ def set_validation(cfg: Config, epochs: int, count: int = VALIDATIONS) -> None:
     cfg.train_cfg.val_begin = max(1, epochs - interval * (count - 1))
 
 
-def read_scalars(work_dir: Path) -> tuple[list[dict], list[dict]]:
-    """(train rows, val rows) of the run's ``vis_data/scalars.json``."""
-    rows = latest_scalars(work_dir)
-    return [r for r in rows if 'loss' in r], [r for r in rows if 'acc/top1' in r]
+def read_scalars(work_dir: Path) -> tuple[list[dict], list[dict], list[int]]:
+    """(train rows, val rows, epochs resumed after) of the run in ``work_dir``: the
+    ``vis_data/scalars.json`` of every process it trained in since ``train`` started it (the
+    ``<timestamp>`` folders not among the earlier ones of its ``RUN_START`` file; without that file
+    the latest)."""
+    start = work_dir / RUN_START
+    if start.exists():
+        earlier = json.loads(start.read_text())['earlier_logs']
+        logs = sorted(set(log_dirs(work_dir)) - set(earlier))
+        rows, resumed_after = resumed_scalars([work_dir / d for d in logs])
+    else:
+        rows, resumed_after = latest_scalars(work_dir), []
+    return ([r for r in rows if 'loss' in r], [r for r in rows if 'acc/top1' in r], resumed_after)
+
+
+def log_dirs(work_dir: Path) -> list[str]:
+    """The ``<timestamp>`` folders mmengine made in ``work_dir``, one per process."""
+    return sorted(p.parent.parent.name for p in work_dir.glob('*/vis_data/scalars.json'))
 
 
 def summarize(run: str, work_dir: Path, process_s: float) -> dict[str, Any]:
-    train_rows, val_rows = read_scalars(work_dir)
+    """The run's training time, iterations, validation curve and data-wait shares; a run resumed in
+    another process (``resumed_after_epochs``) has no ``process_wall_clock_s``: its earlier
+    processes' time is not known."""
+    train_rows, val_rows, resumed_after = read_scalars(work_dir)
     elapsed, epoch_end_time = 0.0, {}
     wait: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0])
     epoch_shapes: dict[int, dict[str, int]] = defaultdict(lambda: defaultdict(int))
@@ -254,22 +274,33 @@ def summarize(run: str, work_dir: Path, process_s: float) -> dict[str, Any]:
              for r in val_rows]
     return dict(
         wall_clock_s=elapsed, iterations=len(train_rows), top1=val_rows[-1]['acc/top1'],
-        process_wall_clock_s=process_s, validation_curve=curve,
+        process_wall_clock_s=None if resumed_after else process_s, validation_curve=curve,
         data_wait_share=sum(w for w, _ in wait.values()) / elapsed,
         epoch_iterations_per_shape={str(e): dict(c) for e, c in sorted(epoch_shapes.items())},
-        data_wait_share_per_shape={k: w / t for k, (w, t) in sorted(wait.items())})
+        data_wait_share_per_shape={k: w / t for k, (w, t) in sorted(wait.items())},
+        **(dict(resumed_after_epochs=resumed_after) if resumed_after else {}))
 
 
-def train(run: str, cfg: Config, work_dir: Path, threads: int) -> dict[str, Any]:
+def train(run: str, cfg: Config, work_dir: Path, threads: int, resume: bool = False) -> dict[str, Any]:
+    """Train ``cfg`` through ``tools/train.py`` in ``work_dir`` and summarize it. ``resume``: continue
+    the run that an earlier call started there with the same config, from its last checkpoint
+    (``tools/train.py --resume``), when it has one; otherwise start afresh."""
     work_dir.mkdir(parents=True, exist_ok=True)
-    config = work_dir / f'{run}.py'
+    config, start_record = work_dir / f'{run}.py', work_dir / RUN_START
+    resuming = (resume and (work_dir / 'last_checkpoint').exists() and start_record.exists()
+                and json.loads(start_record.read_text())['config'] == cfg.pretty_text)
+    if resuming:
+        print(f"{work_dir.name}: resuming from {(work_dir / 'last_checkpoint').read_text().strip()}",
+              flush=True)
+    else:
+        start_record.write_text(json.dumps(dict(config=cfg.pretty_text, earlier_logs=log_dirs(work_dir))))
     cfg.dump(config)
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     start = time.perf_counter()
-    with open(work_dir / 'train.log', 'w') as log:
+    with open(work_dir / 'train.log', 'a' if resuming else 'w') as log:
         proc = subprocess.run([sys.executable, str(REPO / 'tools' / 'train.py'), str(config),
-                               '--work-dir', str(work_dir)], cwd=REPO, env=env, stdout=log,
-                              stderr=subprocess.STDOUT)
+                               '--work-dir', str(work_dir)] + (['--resume'] if resuming else []),
+                              cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
     if proc.returncode:
         raise SystemExit(f'{run} training failed, see {work_dir / "train.log"}')
     return summarize(run, work_dir, time.perf_counter() - start)

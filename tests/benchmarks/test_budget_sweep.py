@@ -2,8 +2,11 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -150,22 +153,26 @@ def test_modeled_time_counts_precise_bn_before_each_validation() -> None:
     assert run['modeled_time_s'] is None and run['validation_curve'][1]['modeled_time_s'] is None
 
 
+TINY = ['--set', 'dataset.num_classes=2', 'dataset.train_clips_per_class=8',
+        'dataset.val_clips_per_class=2', 'dataset.num_frames=16', 'dataset.width=64',
+        'dataset.height=48', 'model.base_channels=2', 'pipeline.clip_len=8',
+        'pipeline.short_side=40', 'pipeline.crop_size=32', 'schedule.max_epochs=2',
+        'schedule.milestones=[1]', 'schedule.batch_size=1', 'workers=0']
+
+
+def sweep_command(tmp_path: Path, *args: str) -> list[str]:
+    """budget_sweep.py on a 2-class, 16-clip set with a 2-channel model, no extra seed."""
+    return [sys.executable, str(REPO / 'benchmarks' / 'budget_sweep.py'), '--preset', 'demo',
+            '--extra-seeds', '--work-dir', str(tmp_path / 'work'), '--out', str(tmp_path / 'sweep.json'),
+            '--synthetic-root', str(tmp_path / 'data'), *args, *TINY]
+
+
 def tiny_sweep(tmp_path: Path, *args: str) -> tuple[subprocess.CompletedProcess, dict]:
-    """budget_sweep.py on a 2-class, 16-clip set with a 2-channel model, no extra seed; its output
-    and JSON."""
-    out = tmp_path / 'sweep.json'
-    proc = subprocess.run(
-        [sys.executable, str(REPO / 'benchmarks' / 'budget_sweep.py'), '--preset', 'demo',
-         '--extra-seeds', '--work-dir', str(tmp_path / 'work'), '--out', str(out),
-         '--synthetic-root', str(tmp_path / 'data'), *args,
-         '--set', 'dataset.num_classes=2', 'dataset.train_clips_per_class=8',
-         'dataset.val_clips_per_class=2', 'dataset.num_frames=16', 'dataset.width=64',
-         'dataset.height=48', 'model.base_channels=2', 'pipeline.clip_len=8',
-         'pipeline.short_side=40', 'pipeline.crop_size=32', 'schedule.max_epochs=2',
-         'schedule.milestones=[1]', 'schedule.batch_size=1', 'workers=0'],
-        cwd=REPO, capture_output=True, text=True, timeout=600)
+    """The tiny sweep run to its end: its output and JSON."""
+    proc = subprocess.run(sweep_command(tmp_path, *args), cwd=REPO, capture_output=True, text=True,
+                          timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return proc, json.loads(out.read_text())
+    return proc, json.loads((tmp_path / 'sweep.json').read_text())
 
 
 def test_tiny_sweep_calibrates_and_resumes(tmp_path: Path) -> None:
@@ -202,6 +209,28 @@ def test_tiny_sweep_calibrates_and_resumes(tmp_path: Path) -> None:
                             '--synthetic-root', str(tmp_path / 'data')], cwd=REPO,
                            capture_output=True, text=True, timeout=600)
     assert other.returncode != 0 and 'made with other settings' in other.stderr
+
+
+def test_a_run_killed_part_way_continues_from_its_checkpoint(tmp_path: Path) -> None:
+    """The sweep (and its training process) SIGKILLed after the run's first epoch checkpoint; --resume
+    continues that run from it, and its entry counts every epoch's iterations once."""
+    args = ('--lengths', '4', '--methods', 'baseline', '--validations', '2')
+    sweep = subprocess.Popen(sweep_command(tmp_path, *args), cwd=REPO, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL, start_new_session=True)
+    checkpoint = tmp_path / 'work' / 'baseline_x4_seed0' / 'last_checkpoint'
+    deadline = time.time() + 300
+    while time.time() < deadline and sweep.poll() is None and not checkpoint.exists():
+        time.sleep(0.05)
+    assert sweep.poll() is None, 'the sweep ended before it could be killed'
+    os.killpg(sweep.pid, signal.SIGKILL)
+    sweep.wait()
+    assert json.loads((tmp_path / 'sweep.json').read_text())['runs'] == []
+    proc, result = tiny_sweep(tmp_path, *args, '--resume')
+    assert 'baseline_x4_seed0: resuming from' in proc.stdout
+    run, = result['runs']
+    assert 1 <= run['resumed_after_epochs'][0] < run['max_epochs'] == 8
+    assert run['epoch_iterations_per_shape'] == {str(e): {'base': 16} for e in range(1, 9)}
+    assert [p['epoch'] for p in run['validation_curve']] == [4, 8]
 
 
 def test_rawframes_sweep(tmp_path: Path) -> None:

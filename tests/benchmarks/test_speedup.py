@@ -107,6 +107,28 @@ def test_summarize_reads_time_data_wait_and_accuracy(tmp_path: Path) -> None:
                                                    '8x4x45': 0.0}
 
 
+def test_summarize_joins_the_processes_of_a_resumed_run(tmp_path: Path) -> None:
+    """The log folders of the work dir that ``train`` found there before it started the run
+    (``RUN_START``) are another run's; the others are joined as one run resumed after epoch 1."""
+    logs = {'20260101_000000': [dict(epoch=1, time=5.0, data_time=0.0, loss=1),
+                                {'acc/top1': 0.9, 'step': 1}],
+            '20260102_000000': [dict(epoch=1, time=1.0, data_time=0.0, loss=1),
+                                {'acc/top1': 0.25, 'step': 1},
+                                dict(epoch=2, time=7.0, data_time=0.0, loss=1)],
+            '20260103_000000': [dict(epoch=2, time=2.0, data_time=0.0, loss=1),
+                                {'acc/top1': 0.5, 'step': 2}]}
+    for stamp, rows in logs.items():
+        path = tmp_path / stamp / 'vis_data' / 'scalars.json'
+        path.parent.mkdir(parents=True)
+        path.write_text('\n'.join(json.dumps(r) for r in rows))
+    (tmp_path / speedup.RUN_START).write_text(json.dumps(dict(config='', earlier_logs=['20260101_000000'])))
+    result = speedup.summarize('baseline', tmp_path, process_s=9.0)
+    assert result['validation_curve'] == [dict(epoch=1, wall_clock_s=1.0, top1=0.25),
+                                          dict(epoch=2, wall_clock_s=3.0, top1=0.5)]
+    assert result['iterations'] == 2 and result['resumed_after_epochs'] == [1]
+    assert result['process_wall_clock_s'] is None
+
+
 def test_curve_is_interpolated_and_flat_after_its_end() -> None:
     points = [(300, 0.9), (100, 0.5)]
     assert speedup.curve_at(points, 50) is None

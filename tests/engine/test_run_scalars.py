@@ -1,5 +1,5 @@
-"""latest_scalars and latest_test_metrics: the newest run's logged rows or test metrics, and a clear
-error when there is none."""
+"""latest_scalars, resumed_scalars and latest_test_metrics: the newest run's logged rows, those of a
+run resumed in another process, or test metrics, and a clear error when there is none."""
 from __future__ import annotations
 
 import json
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from mmmultigrid.engine.run_scalars import latest_scalars, latest_test_metrics
+from mmmultigrid.engine.run_scalars import latest_scalars, latest_test_metrics, resumed_scalars
 
 
 def write_run(work_dir: Path, stamp: str, rows: list[dict], mtime: float) -> None:
@@ -39,3 +39,29 @@ def test_latest_test_metrics(tmp_path: Path) -> None:
     assert latest_test_metrics(tmp_path)['acc/top1'] == 0.4
     with pytest.raises(FileNotFoundError, match='the test did not run'):
         latest_test_metrics(tmp_path / 'missing')
+
+
+def test_resumed_scalars_count_the_cut_off_epoch_once(tmp_path: Path) -> None:
+    """A run killed in epoch 3 after its epoch-2 checkpoint and resumed: the first process's rows of
+    epoch 3 (cut off) are dropped, the second's kept; a process that logged nothing counts for nothing."""
+    first = [dict(loss=1.0, epoch=1, step=1), {'acc/top1': 0.1, 'step': 1},
+             dict(loss=1.0, epoch=2, step=2), {'acc/top1': 0.2, 'step': 2},
+             dict(loss=9.0, epoch=3, step=3)]
+    second = [dict(loss=1.0, epoch=3, step=3), {'acc/top1': 0.3, 'step': 3},
+              dict(loss=1.0, epoch=4, step=4)]
+    write_run(tmp_path, 'a', first, mtime=1_000_000)
+    (tmp_path / 'b').mkdir()  # killed before it logged anything
+    write_run(tmp_path, 'c', second, mtime=2_000_000)
+    rows, resumed_after = resumed_scalars([tmp_path / name for name in 'abc'])
+    assert rows == first[:4] + second and resumed_after == [2]
+    assert resumed_scalars([tmp_path / 'a']) == (first, [])
+
+
+def test_a_line_cut_off_by_the_kill_is_dropped(tmp_path: Path) -> None:
+    path = tmp_path / 'a' / 'vis_data' / 'scalars.json'
+    path.parent.mkdir(parents=True)
+    path.write_text('{"loss": 1.0, "epoch": 1, "step": 1}\n{"loss": 2.0, "ep')
+    assert resumed_scalars([tmp_path / 'a']) == ([dict(loss=1.0, epoch=1, step=1)], [])
+    path.write_text('{"loss": 1.0, "ep\n{"loss": 2.0, "epoch": 1, "step": 2}\n')
+    with pytest.raises(json.JSONDecodeError):
+        resumed_scalars([tmp_path / 'a'])
