@@ -374,16 +374,25 @@ def _stage_bounds(options: MultigridOptions, step: Any, max_epochs: int) -> list
     return [0] + milestones
 
 
+def long_cycle_shape(base: BaseShape, t_factor: float, s_factor: float) -> tuple[int, int]:
+    """(T, S) of the long-cycle factors ``(t_factor, s_factor)`` of ``base``, rounded as the plan does."""
+    return max(1, round(base.clip_len * t_factor)), _scaled_crop(base, s_factor)
+
+
+def _scaled_crop(base: BaseShape, factor: float) -> int:
+    return max(1, round(base.crop_size * factor))
+
+
 def _shape_families(base: BaseShape, options: MultigridOptions) -> list[tuple[GridShape, ...]]:
     """For each long-cycle shape, its short-cycle shapes (the long-cycle shape last)."""
     base_volume = base.clip_len * base.crop_size**2
     long_factors = options.long_cycle_factors if options.long_cycle else ((1.0, 1.0),)
     families = []
     for t_factor, s_factor in long_factors:
-        clip_len = max(1, round(base.clip_len * t_factor))
-        crops = [max(1, round(base.crop_size * s_factor))]
+        clip_len, long_crop = long_cycle_shape(base, t_factor, s_factor)
+        crops = [long_crop]
         if options.short_cycle:
-            crops = [max(1, round(base.crop_size * f)) for f in options.short_cycle_factors] + crops
+            crops = [_scaled_crop(base, f) for f in options.short_cycle_factors] + crops
         families.append(tuple(
             GridShape(base.batch_size * max(1, round(base_volume / (clip_len * crop**2))), clip_len,
                       crop) for crop in crops))
@@ -445,4 +454,4 @@ def _stretched_schedule(shapes: tuple[GridShape, ...], bounds: Sequence[int], ma
 
 
 __all__ = ['BaseShape', 'GridShape', 'MultigridOptions', 'MultigridPlan', 'Segment', 'build_plan',
-           'describe_use', 'epoch_ranges', 'shapes_in_use']
+           'describe_use', 'epoch_ranges', 'long_cycle_shape', 'shapes_in_use']

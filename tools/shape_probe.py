@@ -17,6 +17,8 @@ Examples::
 
 Each probe's final weights are also tested at the base shape, with BN statistics recomputed there from
 ``--precise-bn`` training batches (``top1_at_base``): what its shape taught that the base shape can use.
+A shape whose weights keep less than ``--min-share`` of their own top-1 there is named, with the
+``long_cycle_factors`` of the plan without it.
 
 Results: ``WORK_DIR/shape_probe.json`` (shapes, validation curves) and each probe's work dir
 ``WORK_DIR/T<T>_I<I>_S<S>``. Config errors print ``error: ...`` and exit with status 2.
@@ -39,8 +41,9 @@ from mmengine.config import Config, DictAction  # noqa: E402
 from mmmultigrid.baseline import load_config, plan_from_config, train_transforms  # noqa: E402
 from mmmultigrid.data.pipeline import describe_pipeline  # noqa: E402
 from mmmultigrid.engine.run_scalars import latest_test_metrics  # noqa: E402
-from mmmultigrid.engine.shape_probe import (format_probes, long_cycle_shapes, parse_shape,  # noqa: E402
-                                            probe_config, transfer_config, validation_curve)
+from mmmultigrid.engine.shape_probe import (DEFAULT_MIN_SHARE, format_advice, format_probes,  # noqa: E402
+                                            long_cycle_shapes, parse_shape, probe_config,
+                                            share_at_base, transfer_config, validation_curve)
 
 TRAIN = Path(__file__).resolve().parent / 'train.py'
 TEST = Path(__file__).resolve().parent / 'test.py'
@@ -57,6 +60,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument('--precise-bn', type=int, default=32, metavar='BATCHES',
                         help='training batches at the base shape from which BN statistics are '
                         "recomputed before a probe's weights are tested there")
+    parser.add_argument('--min-share', type=float, default=DEFAULT_MIN_SHARE, metavar='SHARE',
+                        help='name the shapes whose weights keep less than this share of their own '
+                             'top-1 at the base shape, and the long cycle without them')
     parser.add_argument(
         '--cfg-options', nargs='+', action=DictAction,
         help='override config settings, xxx=yyy pairs merged into the config')
@@ -70,6 +76,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         parser.error(f'--epochs must be >= 1, got {args.epochs}')
     if args.precise_bn < 1:
         parser.error(f'--precise-bn must be >= 1, got {args.precise_bn}')
+    if not 0 < args.min_share <= 1:
+        parser.error(f'--min-share must be in (0, 1], got {args.min_share}')
     return args
 
 
@@ -113,7 +121,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         cfg = load_config(args.config, args.cfg_options)
         base = describe_pipeline(train_transforms(cfg), 'train_dataloader.dataset.pipeline')
-        shapes = long_cycle_shapes(plan_from_config(cfg, 1), base)
+        plan = plan_from_config(cfg, 1)
+        shapes = long_cycle_shapes(plan, base)
         if args.shapes:  # the given shapes, then the base shape (the last of the plan's)
             shapes = [s for s in (parse_shape(text, base) for text in args.shapes)
                       if not s.is_base] + shapes[-1:]
@@ -144,12 +153,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     at_base = {shape: top1_at_base(configs[base_shape], args.work_dir / shape.name, args.epochs,
                                    args.precise_bn)
                for shape in curves if not shape.is_base}
+    advice = format_advice(plan, curves, at_base, args.min_share)
     (args.work_dir / 'shape_probe.json').write_text(json.dumps(dict(
         config=str(args.config), epochs=args.epochs, seed=args.seed, precise_bn=args.precise_bn,
         probes=[dict(clip_len=s.clip_len, frame_interval=s.frame_interval, crop_size=s.crop_size,
-                     base=s.is_base, validation_curve=c, top1_at_base=at_base.get(s))
-                for s, c in curves.items()]), indent=2) + '\n')
+                     base=s.is_base, validation_curve=c, top1_at_base=at_base.get(s),
+                     share_at_base=share_at_base(c, at_base[s]) if s in at_base else None)
+                for s, c in curves.items()],
+        advice=advice), indent=2) + '\n')
     print(format_probes(curves, at_base))
+    print(advice)
     return 0
 
 

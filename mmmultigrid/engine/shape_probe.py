@@ -6,6 +6,9 @@ model learns little there and the run reaches the baseline's accuracy only in it
 A probe tells before the long run: it trains the config as the plain baseline, at one long-cycle shape
 (T, S) of the plan and otherwise unchanged (the base batch and LR, a short schedule), and validates at
 that shape; the probes of all long-cycle shapes, the base shape's included, are compared epoch by epoch.
+Each probe's final weights are then validated at the base shape (``transfer_config``): a shape whose
+weights keep less than ``min_share`` of their own top-1 there teaches something the base shape cannot
+use, and :func:`format_advice` names the long cycle without it.
 
 Each probe config is the user's config with:
 
@@ -21,7 +24,7 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from mmengine.config import Config
 
@@ -29,9 +32,13 @@ from mmmultigrid.baseline import train_transforms
 from mmmultigrid.data.pipeline import (PipelineShape, describe_pipeline, shaped_transforms,
                                       span_interval, transform_name)
 from mmmultigrid.engine.run_scalars import latest_scalars
-from mmmultigrid.plan import MultigridPlan
+from mmmultigrid.plan import MultigridPlan, long_cycle_shape
 
 MULTIGRID_ENTRIES = ('MultigridHook', 'MultigridSampler')
+# On the synthetic motion task (docs/choosing_the_grid.md) the T/4 probe kept 35% of its top-1 at the
+# base shape and the T/2 probes 85-89%; the long cycle without T/4 was the only one to reach the
+# baseline's accuracy.
+DEFAULT_MIN_SHARE = 0.5
 
 
 @dataclass(frozen=True)
@@ -154,6 +161,51 @@ def validation_curve(work_dir: Path) -> list[dict[str, float]]:
             for r in latest_scalars(work_dir) if 'acc/top1' in r]
 
 
+def share_at_base(curve: Sequence[Mapping[str, float]], top1_at_base: float) -> float | None:
+    """The share of a probe's last top-1 at its own shape that its weights keep at the base shape
+    (None if the probe ended at 0)."""
+    return top1_at_base / curve[-1]['top1'] if curve and curve[-1]['top1'] > 0 else None
+
+
+def weak_shapes(results: Mapping[ProbeShape, list[dict[str, float]]],
+                at_base: Mapping[ProbeShape, float], min_share: float) -> list[ProbeShape]:
+    """The probed shapes whose weights keep less than ``min_share`` of their own top-1 at the base
+    shape."""
+    if not 0 < min_share <= 1:
+        raise ValueError(f'--min-share must be in (0, 1], got {min_share!r}')
+    return [shape for shape, top1 in at_base.items()
+            if (share := share_at_base(results[shape], top1)) is not None and share < min_share]
+
+
+def long_cycle_without(plan: MultigridPlan,
+                       shapes: Sequence[ProbeShape]) -> tuple[tuple[float, float], ...]:
+    """The plan's ``long_cycle_factors`` without the factors whose (T, S) is one of ``shapes``."""
+    dropped = {(s.clip_len, s.crop_size) for s in shapes}
+    return tuple(f for f in plan.options.long_cycle_factors
+                 if long_cycle_shape(plan.base, *f) not in dropped)
+
+
+def format_advice(plan: MultigridPlan, results: Mapping[ProbeShape, list[dict[str, float]]],
+                  at_base: Mapping[ProbeShape, float], min_share: float) -> str:
+    """What the probes say about the long cycle: the shapes whose weights keep less than
+    ``min_share`` of their own top-1 at the base shape, and the ``MultigridHook`` option without them."""
+    weak = weak_shapes(results, at_base, min_share)
+    if not weak:
+        return (f'Every probed shape keeps at least {min_share:.0%} of its own top-1 at the base shape: '
+                'the long cycle can keep them all.')
+    names = ', '.join(f'{s} keeps {share_at_base(results[s], at_base[s]):.0%}' for s in weak)
+    factors = long_cycle_without(plan, weak)
+    if len(factors) == len(plan.options.long_cycle_factors):
+        option = "none of them is in the plan's long_cycle_factors"
+    elif all(f == (1.0, 1.0) for f in factors):
+        option = 'a long cycle without them: MultigridHook(long_cycle=False)'
+    else:
+        listed = ', '.join(f'({t:.4g}, {s:.4g})' for t, s in factors)
+        option = f'a long cycle without them: MultigridHook(long_cycle_factors=[{listed}])'
+    return (f'Below {min_share:.0%} of their own top-1 at the base shape: {names}; {option} '
+            '(what each grid saves: docs/choosing_the_grid.md).')
+
+
 def format_probes(results: Mapping[ProbeShape, list[dict[str, float]]],
                   at_base: Mapping[ProbeShape, float] | None = None) -> str:
     """The table of the probes: top-1 at every validated epoch, the last one against the base's, and
@@ -169,5 +221,7 @@ def format_probes(results: Mapping[ProbeShape, list[dict[str, float]]],
             row += f'{100 * (curve[-1]["top1"] - base[-1]["top1"]):+.1f} points'
         if at_base and shape in at_base:
             row += f'; at the base shape {100 * at_base[shape]:.1f}%'
+            share = share_at_base(curve, at_base[shape])
+            row += f' ({share:.0%} of its own)' if share is not None else ''
         lines.append(row)
     return '\n'.join(lines)

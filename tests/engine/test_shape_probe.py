@@ -10,8 +10,9 @@ from mmengine.config import Config
 from mmmultigrid.baseline import plan_from_config, train_transforms
 from mmmultigrid.data.pipeline import describe_pipeline
 from mmmultigrid.data.synthetic_videos import SyntheticDataset
-from mmmultigrid.engine.shape_probe import (ProbeShape, format_probes, long_cycle_shapes, parse_shape,
-                                            probe_config, probe_schedule, transfer_config, validation_curve)
+from mmmultigrid.engine.shape_probe import (ProbeShape, format_advice, format_probes, long_cycle_shapes,
+                                            long_cycle_without, parse_shape, probe_config, probe_schedule,
+                                            share_at_base, transfer_config, validation_curve, weak_shapes)
 from runs import write_tiny_multigrid_config
 
 
@@ -109,7 +110,7 @@ def test_validation_curve_and_table(tmp_path: Path) -> None:
     with_transfer = format_probes({ProbeShape(4, 4, 23): [dict(epoch=4, top1=0.2)],
                                    ProbeShape(8, 2, 32, True): [dict(epoch=4, top1=0.5)]},
                                   at_base={ProbeShape(4, 4, 23): 0.0625}).splitlines()
-    assert with_transfer[1].endswith('-30.0 points; at the base shape 6.2%')
+    assert with_transfer[1].endswith('-30.0 points; at the base shape 6.2% (31% of its own)')
     assert with_transfer[2].endswith('50.0%  ')
 
 
@@ -123,3 +124,34 @@ def test_transfer_config_tests_at_the_base_shape(tiny: Config, tmp_path: Path) -
     assert cfg.load_from == str(tmp_path / 'epoch_2.pth') and base.get('load_from') is None
     assert cfg.custom_hooks[-1] == dict(type='PreciseBNTestHook', num_batches=16)
     assert cfg.train_dataloader == base.train_dataloader and not base.get('custom_hooks')
+
+
+def test_advice_names_the_shapes_that_do_not_carry_over(tiny: Config) -> None:
+    """A probe whose weights keep less than ``min_share`` of their own top-1 at the base shape is named,
+    with the plan's long_cycle_factors without it (the tiny plan: 2 x 23, 4 x 23, 4 x 32, 8 x 32)."""
+    plan = plan_from_config(tiny, 1)
+    t4, t2, t2_full, base = (ProbeShape(2, 8, 23), ProbeShape(4, 4, 23), ProbeShape(4, 4, 32),
+                             ProbeShape(8, 2, 32, True))
+    curves = {t4: [dict(epoch=12, top1=0.49)], t2: [dict(epoch=12, top1=0.56)],
+              t2_full: [dict(epoch=12, top1=0.6)], base: [dict(epoch=12, top1=0.7)]}
+    at_base = {t4: 0.174, t2: 0.475, t2_full: 0.54}
+    assert share_at_base(curves[t4], 0.174) == pytest.approx(0.174 / 0.49)
+    assert share_at_base([dict(epoch=12, top1=0.0)], 0.1) is None and share_at_base([], 0.1) is None
+    assert weak_shapes(curves, at_base, 0.5) == [t4]
+    assert weak_shapes(curves, at_base, 0.3) == []
+    assert weak_shapes(curves, at_base, 0.95) == [t4, t2, t2_full]
+    with pytest.raises(ValueError, match=r'--min-share must be in \(0, 1\], got 0'):
+        weak_shapes(curves, at_base, 0)
+    half = 0.5**0.5
+    assert long_cycle_without(plan, [t4]) == ((0.5, half), (0.5, 1.0), (1.0, 1.0))
+    assert long_cycle_without(plan, [ProbeShape(4, 4, 24)]) == plan.options.long_cycle_factors
+    assert format_advice(plan, curves, at_base, 0.5) == (
+        'Below 50% of their own top-1 at the base shape: 2 x 23 (interval 8) keeps 36%; a long cycle '
+        'without them: MultigridHook(long_cycle_factors=[(0.5, 0.7071), (0.5, 1), (1, 1)]) (what each '
+        'grid saves: docs/choosing_the_grid.md).')
+    assert format_advice(plan, curves, at_base, 0.3).startswith(
+        'Every probed shape keeps at least 30% of its own top-1 at the base shape')
+    assert 'MultigridHook(long_cycle=False)' in format_advice(plan, curves, at_base, 0.95)
+    not_in_plan = {ProbeShape(4, 4, 24): [dict(epoch=1, top1=0.5)], base: curves[base]}
+    assert "none of them is in the plan's long_cycle_factors" in format_advice(
+        plan, not_in_plan, {ProbeShape(4, 4, 24): 0.1}, 0.5)

@@ -34,15 +34,24 @@ def test_probes_train_and_report(tmp_path: Path, synthetic_dataset: SyntheticDat
     # each probe trained the plain baseline at its shape: no multigrid in its log
     log = (work / 'T4_I4_S24' / 'train.log').read_text()
     assert 'MultigridHook' not in log and 'Epoch(train) [1][24/24]' in log
-    table = proc.stdout.splitlines()[-3:]
+    table = proc.stdout.splitlines()[-4:]
     assert table[0].startswith('T x S (interval)') and table[1].startswith('4 x 24 (interval 4)')
-    assert table[1].endswith('%') and '; at the base shape ' in table[1]
+    assert '; at the base shape ' in table[1]
     assert table[2].startswith('8 x 32 (interval 2) (base)')
+    # the advice line; 4 x 24 is not one of the plan's long-cycle shapes, so no factor is dropped
+    assert table[3] == result['advice']
+    assert table[3].startswith('Every probed shape keeps at least 50%') or table[3].endswith(
+        "none of them is in the plan's long_cycle_factors (what each grid saves: "
+        'docs/choosing_the_grid.md).')
+    probe, base_probe = result['probes']
+    own = probe['validation_curve'][-1]['top1']
+    assert probe['share_at_base'] == (probe['top1_at_base'] / own if own > 0 else None)
+    assert base_probe['share_at_base'] is None
 
     # --resume keeps both finished probes; another seed is another probe and trains again
     proc = run([sys.executable, 'tools/shape_probe.py', str(config), '--epochs', '1', '--shapes', '4x24',
                 '--work-dir', str(work), '--resume'])
-    assert proc.stdout.count('kept') == 2 and proc.stdout.splitlines()[-3:] == table
+    assert proc.stdout.count('kept') == 2 and proc.stdout.splitlines()[-4:] == table
     assert json.loads((work / 'shape_probe.json').read_text()) == result
     proc = run([sys.executable, 'tools/shape_probe.py', str(config), '--epochs', '1', '--shapes', '4x24',
                 '--work-dir', str(work), '--resume', '--seed', '1'])
