@@ -390,11 +390,12 @@ def plot(runs: list[dict[str, Any]], tta: dict[str, Any], path: Path) -> None:
 
 
 def table(runs: list[dict[str, Any]], tta: dict[str, Any], targets: dict[str, Any]) -> str:
-    lines = [f"{'variant':<10} {'length':>6} {'seed':>4} {'epochs':>6} {'wall-clock':>11} "
+    width = max([len('variant')] + [len(r['variant']) for r in runs])
+    lines = [f"{'variant':<{width}} {'length':>6} {'seed':>4} {'epochs':>6} {'wall-clock':>11} "
              f"{'modeled':>9} {'iterations':>10} {'top-1':>7}"]
     for r in runs:
         modeled = '-' if r.get('modeled_time_s') is None else f"{r['modeled_time_s']:.0f}s"
-        lines.append(f"{r['variant']:<10} {r['schedule']:>5g}x {r['seed']:>4d} {r['max_epochs']:>6d} "
+        lines.append(f"{r['variant']:<{width}} {r['schedule']:>5g}x {r['seed']:>4d} {r['max_epochs']:>6d} "
                      f"{r['wall_clock_s']:>10.0f}s {modeled:>9} {r['iterations']:>10d} "
                      f"{100 * r['top1']:>6.1f}%")
     for name, entry in tta['targets'].items():

@@ -68,7 +68,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help='override config settings, xxx=yyy pairs merged into the config')
     parser.add_argument('--resume', action='store_true',
                         help='keep a probe whose work dir already holds a finished run of the same '
-                             'probe config (seed included) instead of training it again')
+                             'probe config (seed included) instead of training it again, and its '
+                             'finished test at the base shape')
     parser.add_argument('--dry-run', action='store_true',
                         help='write the probe configs and print the shapes, without training')
     args = parser.parse_args(argv)
@@ -89,11 +90,23 @@ def run_tool(tool: Path, args: list[str], log_path: Path) -> None:
                          f'{proc.returncode}); its log: {log_path}')
 
 
-def top1_at_base(base_probe: Config, work_dir: Path, epochs: int, precise_bn: int) -> float:
+def top1_at_base(base_probe: Config, work_dir: Path, epochs: int, precise_bn: int,
+                 reuse: bool = False) -> float:
     """The probe's final checkpoint validated at the base shape (``tools/test.py``), BN statistics
-    recomputed there from ``precise_bn`` training batches."""
+    recomputed there from ``precise_bn`` training batches. ``reuse``: a test of the same config that
+    already finished in ``work_dir`` (of a probe kept by ``--resume``) gives the figure instead."""
     config = work_dir / 'at_base.py'
-    transfer_config(base_probe, work_dir / f'epoch_{epochs}.pth', precise_bn).dump(config)
+    test = transfer_config(base_probe, work_dir / f'epoch_{epochs}.pth', precise_bn)
+    if reuse and config.is_file() and (Config.fromfile(config).pretty_text
+                                       == Config(test.to_dict()).pretty_text):
+        try:
+            top1 = float(latest_test_metrics(work_dir / 'at_base')['acc/top1'])
+        except (FileNotFoundError, KeyError):
+            pass
+        else:
+            print(f'{work_dir.name}: its test at the base shape kept as well', flush=True)
+            return top1
+    test.dump(config)
     run_tool(TEST, [str(config), str(work_dir / f'epoch_{epochs}.pth'), '--work-dir',
                     str(work_dir / 'at_base')], work_dir / 'at_base.log')
     return float(latest_test_metrics(work_dir / 'at_base')['acc/top1'])
@@ -132,15 +145,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, TypeError, FileNotFoundError) as exc:
         print(f'error: {exc}'.replace('\n', ' '), file=sys.stderr)
         return 2
-    curves = {}
+    curves, kept = {}, set()
     for shape, probe in configs.items():
         work_dir = args.work_dir / shape.name
         work_dir.mkdir(parents=True, exist_ok=True)
         config = work_dir / 'probe.py'
-        kept = finished_curve(config, probe, args.epochs) if args.resume else None
-        if kept is not None:
+        finished = finished_curve(config, probe, args.epochs) if args.resume else None
+        if finished is not None:
             print(f'probe {shape}: kept, {work_dir} holds its finished run', flush=True)
-            curves[shape] = kept
+            curves[shape] = finished
+            kept.add(shape)
             continue
         probe.dump(config)
         print(f'probe {shape}: {config}', flush=True)
@@ -151,7 +165,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     base_shape = next(s for s in configs if s.is_base)
     at_base = {shape: top1_at_base(configs[base_shape], args.work_dir / shape.name, args.epochs,
-                                   args.precise_bn)
+                                   args.precise_bn, reuse=shape in kept)
                for shape in curves if not shape.is_base}
     advice = format_advice(plan, curves, at_base, args.min_share)
     (args.work_dir / 'shape_probe.json').write_text(json.dumps(dict(

@@ -129,6 +129,17 @@ def test_targets_of_issue_18() -> None:
     assert not targets['multigrid']['time_to_accuracy']['met']
 
 
+def test_table_columns_fit_the_longest_variant() -> None:
+    grid = 'multigrid {"long_cycle_factors":[[0.5,0.7071],[0.5,1],[1,1]]}'
+    runs = [dict(r, max_epochs=6, iterations=100) for r in SWEEP + [_run(grid, 4, 0, [(90, 0.5)])]]
+    tta = budget_sweep.time_to_accuracy(runs, 0.90)
+    lines = budget_sweep.table(runs, tta, budget_sweep.check_targets(runs, tta)).splitlines()
+    rows = lines[:len(runs) + 1]
+    assert rows[-1].startswith(grid + ' ') and rows[0].startswith('variant ')
+    assert len({len(row) for row in rows}) == 1  # every column ends at the same place
+    assert len({row.index('x ') for row in rows[1:]}) == 1  # the length column (4x, 2x) lines up
+
+
 def test_modeled_time_is_iterations_times_calibrated_seconds() -> None:
     run = dict(epoch_iterations_per_shape={'1': {'8x4x40': 3, '4x8x57': 2}, '2': {'base': 4}},
                validation_curve=[dict(epoch=1, top1=0.1), dict(epoch=2, top1=0.2)])

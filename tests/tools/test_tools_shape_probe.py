@@ -1,5 +1,6 @@
-"""tools/shape_probe.py as a user runs it: two 1-epoch probes of the tiny config, the JSON and the
-table, ``--resume`` keeping the finished probes; config errors exit with status 2."""
+"""tools/shape_probe.py as a user runs it: two 1-epoch probes of the tiny config, the JSON, the
+table and the advice, ``--resume`` keeping the finished probes and tests; config errors exit with
+status 2."""
 from __future__ import annotations
 
 import json
@@ -48,14 +49,19 @@ def test_probes_train_and_report(tmp_path: Path, synthetic_dataset: SyntheticDat
     assert probe['share_at_base'] == (probe['top1_at_base'] / own if own > 0 else None)
     assert base_probe['share_at_base'] is None
 
-    # --resume keeps both finished probes; another seed is another probe and trains again
+    # --resume keeps both finished probes and the finished test at the base shape; another seed is
+    # another probe and trains and tests again
+    tested = (work / 'T4_I4_S24' / 'at_base.log').stat().st_mtime_ns
     proc = run([sys.executable, 'tools/shape_probe.py', str(config), '--epochs', '1', '--shapes', '4x24',
                 '--work-dir', str(work), '--resume'])
-    assert proc.stdout.count('kept') == 2 and proc.stdout.splitlines()[-4:] == table
+    assert proc.stdout.count(': kept, ') == 2 and proc.stdout.splitlines()[-4:] == table
+    assert 'T4_I4_S24: its test at the base shape kept as well' in proc.stdout
+    assert (work / 'T4_I4_S24' / 'at_base.log').stat().st_mtime_ns == tested
     assert json.loads((work / 'shape_probe.json').read_text()) == result
     proc = run([sys.executable, 'tools/shape_probe.py', str(config), '--epochs', '1', '--shapes', '4x24',
                 '--work-dir', str(work), '--resume', '--seed', '1'])
     assert 'kept' not in proc.stdout and json.loads((work / 'shape_probe.json').read_text())['seed'] == 1
+    assert (work / 'T4_I4_S24' / 'at_base.log').stat().st_mtime_ns > tested
 
 
 def test_errors_exit_2(tmp_path: Path, synthetic_dataset: SyntheticDataset) -> None:
