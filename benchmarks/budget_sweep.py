@@ -284,11 +284,12 @@ def mean_top1(runs: list[dict[str, Any]], variant: str, length: float) -> float 
 
 
 def first_reach(run: dict[str, Any], target: float, basis: str) -> dict[str, Any] | None:
-    """The first validation point of ``run`` at or above ``target`` top-1 (its time and epoch)."""
+    """The first validation point of ``run`` at or above ``target`` top-1 (its time, and its epoch of
+    the run's ``max_epochs``: how far into its schedule the run got there)."""
     for point in run['validation_curve']:
         if point['top1'] >= target:
-            return dict(time_s=point[basis], epoch=point['epoch'], top1=point['top1'],
-                        schedule=run['schedule'])
+            return dict(time_s=point[basis], epoch=point['epoch'], max_epochs=run['max_epochs'],
+                        top1=point['top1'], schedule=run['schedule'])
     return None
 
 
@@ -402,7 +403,8 @@ def table(runs: list[dict[str, Any]], tta: dict[str, Any], targets: dict[str, An
         lines.append(f"time to {100 * entry['top1']:.1f}% top-1 ({name}, {tta['basis']}):")
         for variant, seeds in entry['reached'].items():
             cells = ', '.join(f'seed {s}: ' + ('not reached' if h is None else
-                                              f"{h['time_s']:.0f}s ({h['schedule']:g}x)")
+                                              f"{h['time_s']:.0f}s ({h['schedule']:g}x, epoch "
+                                              f"{h['epoch']} of {h['max_epochs']})")
                               for s, h in seeds.items())
             ratio = entry['ratio'].get(variant)
             lines.append(f'  {variant}: {cells}' + (

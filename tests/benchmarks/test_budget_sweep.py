@@ -83,7 +83,7 @@ def _run(variant: str, length: float, seed: int, curve: list[tuple[float, float]
     points = [dict(epoch=2 * (i + 1), wall_clock_s=2 * t, modeled_time_s=t, top1=top1)
               for i, (t, top1) in enumerate(curve)]
     return dict(method=variant.split()[0], variant=variant, schedule=length, seed=seed,
-                validation_curve=points, top1=points[-1]['top1'], modeled_time_s=curve[-1][0],
+                max_epochs=2 * len(curve), validation_curve=points, top1=points[-1]['top1'], modeled_time_s=curve[-1][0],
                 wall_clock_s=2 * curve[-1][0])
 
 
@@ -104,14 +104,15 @@ def test_time_to_accuracy_takes_the_soonest_run_per_seed() -> None:
     main = tta['targets']['converged_baseline_minus_1']
     assert main['top1'] == pytest.approx(0.95)
     assert main['reached']['baseline'] == {
-        '0': dict(time_s=400, epoch=4, top1=0.97, schedule=4),
-        '1': dict(time_s=400, epoch=4, top1=0.95, schedule=4)}
+        '0': dict(time_s=400, epoch=4, max_epochs=4, top1=0.97, schedule=4),
+        '1': dict(time_s=400, epoch=4, max_epochs=4, top1=0.95, schedule=4)}
     assert main['reached']['multigrid']['0']['time_s'] == 140
     assert main['ratio']['multigrid'] == {'0': pytest.approx(400 / 140), '1': pytest.approx(400 / 150)}
     fixed = tta['targets']['top1_0.9']
     # the 2x baseline reaches 90% first (200), the 4x multigrid before the 2x one, which never does
     assert fixed['reached']['baseline']['0']['schedule'] == 2
-    assert fixed['reached']['multigrid']['0'] == dict(time_s=140, epoch=4, top1=0.965, schedule=4)
+    assert fixed['reached']['multigrid']['0'] == dict(time_s=140, epoch=4, max_epochs=4, top1=0.965,
+                                                      schedule=4)
     # wall-clock is the basis when a run has no modeled time
     unmodeled = [dict(r, modeled_time_s=None) if i == 0 else r for i, r in enumerate(SWEEP)]
     assert budget_sweep.time_to_accuracy(unmodeled, 0.9)['basis'] == 'wall_clock_s'
@@ -131,13 +132,15 @@ def test_targets_of_issue_18() -> None:
 
 def test_table_columns_fit_the_longest_variant() -> None:
     grid = 'multigrid {"long_cycle_factors":[[0.5,0.7071],[0.5,1],[1,1]]}'
-    runs = [dict(r, max_epochs=6, iterations=100) for r in SWEEP + [_run(grid, 4, 0, [(90, 0.5)])]]
+    runs = [dict(r, iterations=100) for r in SWEEP + [_run(grid, 4, 0, [(90, 0.5)])]]
     tta = budget_sweep.time_to_accuracy(runs, 0.90)
     lines = budget_sweep.table(runs, tta, budget_sweep.check_targets(runs, tta)).splitlines()
     rows = lines[:len(runs) + 1]
     assert rows[-1].startswith(grid + ' ') and rows[0].startswith('variant ')
     assert len({len(row) for row in rows}) == 1  # every column ends at the same place
     assert len({row.index('x ') for row in rows[1:]}) == 1  # the length column (4x, 2x) lines up
+    # where a run reached the target: its time, length and epoch of its schedule
+    assert '  baseline: seed 0: 400s (4x, epoch 4 of 4), seed 1: 400s (4x, epoch 4 of 4)' in lines
 
 
 def test_modeled_time_is_iterations_times_calibrated_seconds() -> None:
