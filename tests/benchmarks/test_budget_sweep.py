@@ -83,8 +83,8 @@ def _run(variant: str, length: float, seed: int, curve: list[tuple[float, float]
     points = [dict(epoch=2 * (i + 1), wall_clock_s=2 * t, modeled_time_s=t, top1=top1)
               for i, (t, top1) in enumerate(curve)]
     return dict(method=variant.split()[0], variant=variant, schedule=length, seed=seed,
-                max_epochs=2 * len(curve), validation_curve=points, top1=points[-1]['top1'], modeled_time_s=curve[-1][0],
-                wall_clock_s=2 * curve[-1][0])
+                max_epochs=2 * len(curve), validation_curve=points, top1=points[-1]['top1'],
+                modeled_time_s=curve[-1][0], wall_clock_s=2 * curve[-1][0])
 
 
 SWEEP = [_run('baseline', 2, 0, [(100, 0.5), (200, 0.90)]),
