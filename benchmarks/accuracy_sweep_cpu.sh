@@ -2,12 +2,12 @@
 # Issue 18's sweep on the `default` preset, in the order its answers are needed: lengths 1-8x (two seeds
 # at 8x); then multigrid with precise BN (BN statistics recomputed at the base shape before each
 # validation, as the reference recipe does; the weights are those of the same run without it), the
-# default grid and the two others at 8x; then 16x, the baseline and the three grids, the grid without the
-# T/4 shapes before the T/2-at-S/2 one since it alone reached the baseline's 8x accuracy (two seeds
-# wherever a length is run alone). Every invocation resumes (runs already in OUT are kept; a run cut off part-way
-# continues from its last epoch checkpoint in WORK_DIR) and commits OUT after every completed length and
-# seed, so this script can stop at any point and be started again, here or on another machine (with
-# WORK_DIR, for the cut-off runs), to continue.
+# default grid and the two others at 8x; then 16x, the baseline and the three grids, the grid without
+# the T/4 shapes before the T/2-at-S/2 one since it alone reached the baseline's 8x accuracy (two seeds
+# wherever a length is run alone). Every invocation resumes (runs already in OUT are kept; a run cut off
+# part-way continues from its last epoch checkpoint in WORK_DIR) and commits OUT after every completed
+# length and seed, so this script can stop at any point and be started again, here or on another
+# machine (with WORK_DIR, for the cut-off runs), to continue.
 #
 #   bash benchmarks/accuracy_sweep_cpu.sh          # JOBS=2: two runs train at once (accuracy only)
 #

@@ -97,8 +97,7 @@ def top1_at_base(base_probe: Config, work_dir: Path, epochs: int, precise_bn: in
     already finished in ``work_dir`` (of a probe kept by ``--resume``) gives the figure instead."""
     config = work_dir / 'at_base.py'
     test = transfer_config(base_probe, work_dir / f'epoch_{epochs}.pth', precise_bn)
-    if reuse and config.is_file() and (Config.fromfile(config).pretty_text
-                                       == Config(test.to_dict()).pretty_text):
+    if reuse and holds(config, test):
         try:
             top1 = float(latest_test_metrics(work_dir / 'at_base')['acc/top1'])
         except (FileNotFoundError, KeyError):
@@ -112,14 +111,19 @@ def top1_at_base(base_probe: Config, work_dir: Path, epochs: int, precise_bn: in
     return float(latest_test_metrics(work_dir / 'at_base')['acc/top1'])
 
 
+def holds(path: Path, cfg: Config) -> bool:
+    """Whether the config file ``path`` is ``cfg``, leaving out the ``launcher`` and ``work_dir`` that
+    ``tools/train.py`` adds when it dumps the config it ran."""
+    if not path.is_file():
+        return False
+    ran = {k: v for k, v in Config.fromfile(path).to_dict().items() if k not in ('launcher', 'work_dir')}
+    return Config(ran).pretty_text == Config(cfg.to_dict()).pretty_text
+
+
 def finished_curve(config: Path, probe: Config, epochs: int) -> list[dict[str, float]] | None:
     """The validation curve of the run in ``config``'s folder if ``config``, as ``tools/train.py``
-    dumped it (with its ``launcher`` and ``work_dir``), is ``probe`` and that run validated its last
-    epoch; else None."""
-    if not config.is_file():
-        return None
-    ran = {k: v for k, v in Config.fromfile(config).to_dict().items() if k not in ('launcher', 'work_dir')}
-    if Config(ran).pretty_text != Config(probe.to_dict()).pretty_text:
+    dumped it, is ``probe`` and that run validated its last epoch; else None."""
+    if not holds(config, probe):
         return None
     try:
         curve = validation_curve(config.parent)
