@@ -472,8 +472,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     results: dict[str, Any] = previous or dict(
         preset=args.preset, settings=preset, format=args.format, commands=[], runs=[],
         calibration=None)
-    results['commands'].append(dict(command=command, machine=speedup.machine(),
-                                    date=time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())))
     runs = results['runs']
     done = {run_key(r) for r in runs}
     todo = [p for p in planned_runs(args, preset) if run_key(p) not in done]
@@ -481,6 +479,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         f"{p['variant']} {p['schedule']:g}x seed {p['seed']}" for p in todo), flush=True)
     if args.dry_run:
         return results
+    if todo or args.calibrate:  # the commands that made the results, not every resume
+        results['commands'].append(dict(command=command, machine=speedup.machine(),
+                                        date=time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())))
     if args.calibrate:
         variants = {json.dumps(r['hook_options'], sort_keys=True): r['hook_options']
                     for r in runs + todo if r['method'] == 'multigrid'} or {'{}': {}}

@@ -218,6 +218,9 @@ def test_tiny_sweep_calibrates_and_resumes(tmp_path: Path) -> None:
     assert len(result['commands']) == 2
     assert out.with_suffix('.png').read_bytes().startswith(PNG_SIGNATURE)
     assert 'target converged:' in proc.stdout
+    proc, again = tiny_sweep(tmp_path, '--lengths', '1', '2', '--validations', '2', '--resume')
+    assert '4 runs kept' in proc.stdout and again['runs'] == runs
+    assert again['commands'] == result['commands']  # a resume that trains nothing is not recorded
     other = subprocess.run([sys.executable, str(REPO / 'benchmarks' / 'budget_sweep.py'), '--preset',
                             'demo', '--out', str(out), '--resume', '--dry-run',
                             '--synthetic-root', str(tmp_path / 'data')], cwd=REPO,
