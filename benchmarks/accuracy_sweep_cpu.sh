@@ -4,10 +4,11 @@
 # validation, as the reference recipe does; the weights are those of the same run without it), the
 # default grid and the two others at 8x; then 16x, the baseline and the three grids, the grid without
 # the T/4 shapes before the T/2-at-S/2 one since it alone reached the baseline's 8x accuracy (two seeds
-# wherever a length is run alone). Every invocation resumes (runs already in OUT are kept; a run cut off
-# part-way continues from its last epoch checkpoint in WORK_DIR) and commits OUT after every completed
-# length and seed, so this script can stop at any point and be started again, here or on another
-# machine (with WORK_DIR, for the cut-off runs), to continue.
+# wherever a length is run alone); last, the default grid at 8x without the short cycle, which puts two
+# thirds of even the base-shape phase's iterations at S/2 and S/sqrt2. Every invocation resumes (runs
+# already in OUT are kept; a run cut off part-way continues from its last epoch checkpoint in WORK_DIR)
+# and commits OUT after every completed length and seed, so this script can stop at any point and be
+# started again, here or on another machine (with WORK_DIR, for the cut-off runs), to continue.
 #
 #   bash benchmarks/accuracy_sweep_cpu.sh          # JOBS=2: two runs train at once (accuracy only)
 #
@@ -37,3 +38,4 @@ sweep --lengths 8 --methods multigrid --hook-option "$PRECISE_BN" "$NO_T4_GRID"
 sweep --lengths 16 --seed-lengths 16 --hook-option "$PRECISE_BN"
 sweep --lengths 16 --seed-lengths 16 --methods multigrid --hook-option "$PRECISE_BN" "$NO_T4_GRID"
 sweep --lengths 16 --seed-lengths 16 --methods multigrid --hook-option "$PRECISE_BN" "$T2_S2_GRID"
+sweep --lengths 8 --seed-lengths 8 --methods multigrid --hook-option "$PRECISE_BN" short_cycle=false
