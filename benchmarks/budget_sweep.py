@@ -355,35 +355,50 @@ def check_targets(runs: list[dict[str, Any]], tta: dict[str, Any]) -> dict[str, 
 
 def plot(runs: list[dict[str, Any]], tta: dict[str, Any], path: Path) -> None:
     """Validation top-1 against (modeled) training time, every run: colour by variant, solid for the
-    first seed, dashed for the others; the final point labelled with the length."""
+    first seed, dashed for the others; the final point labelled with the length. Left the whole
+    range; right the range of the targets, each target's first hit per variant and seed starred."""
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
 
     basis = tta['basis']
-    fig, ax = plt.subplots(figsize=(9, 5.5))
+    fig, (whole, near) = plt.subplots(1, 2, figsize=(14, 5.5))
     variants = sorted({r['variant'] for r in runs}, key=lambda v: (v != 'baseline', v))
     first_seed = min(r['seed'] for r in runs)
     colours = dict(zip(variants, plt.rcParams['axes.prop_cycle'].by_key()['color']))
-    for r in sorted(runs, key=lambda r: (r['variant'], r['seed'], r['schedule'])):
-        xs = [p[basis] / 60 for p in r['validation_curve']]
-        ys = [100 * p['top1'] for p in r['validation_curve']]
-        ax.plot(xs, ys, '-' if r['seed'] == first_seed else '--', marker='o', markersize=3,
-                color=colours[r['variant']], alpha=0.85)
-        ax.annotate(f"{r['schedule']:g}x", (xs[-1], ys[-1]), xytext=(3, -10),
-                    textcoords='offset points', fontsize=7, color=colours[r['variant']])
+    for ax in (whole, near):
+        for r in sorted(runs, key=lambda r: (r['variant'], r['seed'], r['schedule'])):
+            xs = [p[basis] / 60 for p in r['validation_curve']]
+            ys = [100 * p['top1'] for p in r['validation_curve']]
+            ax.plot(xs, ys, '-' if r['seed'] == first_seed else '--', marker='o', markersize=3,
+                    color=colours[r['variant']], alpha=0.85)
+            ax.annotate(f"{r['schedule']:g}x", (xs[-1], ys[-1]), xytext=(3, -10),
+                        textcoords='offset points', fontsize=7, color=colours[r['variant']])
+        for name, target in tta['targets'].items():
+            ax.axhline(100 * target['top1'], color='gray', linestyle=':', linewidth=1)
+            ax.annotate(name, (0, 100 * target['top1']), xytext=(2, 2), textcoords='offset points',
+                        fontsize=7, color='gray')
+        ax.grid(alpha=0.3)
+    hits = [(variant, hit) for target in tta['targets'].values()
+            for variant, seeds in target['reached'].items() for hit in seeds.values() if hit]
+    for variant, hit in hits:
+        near.plot(hit['time_s'] / 60, 100 * hit['top1'], marker='*', markersize=11,
+                  color=colours[variant], markeredgecolor='black', zorder=3)
+    lowest = min((100 * t['top1'] for t in tta['targets'].values()), default=0.0)
+    near.set_ylim(max(0.0, lowest - 5), 100.5)
+    if hits:
+        near.set_xlim(0, 1.5 * max(hit['time_s'] for _, hit in hits) / 60)
     for variant in variants:
-        ax.plot([], [], '-', color=colours[variant], label=variant)
-    ax.plot([], [], '--', color='gray', label='other seeds')
-    for name, target in tta['targets'].items():
-        ax.axhline(100 * target['top1'], color='gray', linestyle=':', linewidth=1)
-        ax.annotate(name, (0, 100 * target['top1']), xytext=(2, 2), textcoords='offset points',
-                    fontsize=7, color='gray')
+        whole.plot([], [], '-', color=colours[variant], label=variant)
+    whole.plot([], [], '--', color='gray', label='other seeds')
+    near.plot([], [], '*', color='gray', markeredgecolor='black', markersize=11,
+              label='target first reached')
     label = 'modeled training time' if basis == 'modeled_time_s' else 'training wall-clock'
-    ax.set(xlabel=f'{label} (min)', ylabel='validation top-1 (%)',
-           title='Accuracy against training time, every length and seed (labels: schedule length)')
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc='lower right')
+    whole.set(xlabel=f'{label} (min)', ylabel='validation top-1 (%)',
+              title='Accuracy against training time, every length and seed (labels: length)')
+    near.set(xlabel=f'{label} (min)', title='Near the targets')
+    whole.legend(fontsize=8, loc='lower right')
+    near.legend(fontsize=8, loc='lower right')
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
