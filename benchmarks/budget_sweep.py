@@ -366,10 +366,11 @@ def plot(runs: list[dict[str, Any]], tta: dict[str, Any], path: Path) -> None:
     variants = sorted({r['variant'] for r in runs}, key=lambda v: (v != 'baseline', v))
     first_seed = min(r['seed'] for r in runs)
     colours = dict(zip(variants, plt.rcParams['axes.prop_cycle'].by_key()['color']))
+    curves = [(r, [p[basis] / 60 for p in r['validation_curve']],
+               [100 * p['top1'] for p in r['validation_curve']])
+              for r in sorted(runs, key=lambda r: (r['variant'], r['seed'], r['schedule']))]
     for ax in (whole, near):
-        for r in sorted(runs, key=lambda r: (r['variant'], r['seed'], r['schedule'])):
-            xs = [p[basis] / 60 for p in r['validation_curve']]
-            ys = [100 * p['top1'] for p in r['validation_curve']]
+        for r, xs, ys in curves:
             ax.plot(xs, ys, '-' if r['seed'] == first_seed else '--', marker='o', markersize=3,
                     color=colours[r['variant']], alpha=0.85)
             ax.annotate(f"{r['schedule']:g}x", (xs[-1], ys[-1]), xytext=(3, -10),
